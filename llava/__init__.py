@@ -1,0 +1,3 @@
+from .model import LlavaLlamaForCausalLM
+
+__all__ = ["LlavaLlamaForCausalLM"]

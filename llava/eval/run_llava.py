@@ -1,0 +1,106 @@
+"""Answer one query about one or more images: python -m llava.eval.run_llava --model-path ... --image-file ... --query ..."""
+from __future__ import annotations
+
+import argparse
+import re
+from io import BytesIO
+
+import torch
+
+from llava.constants import (DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER,
+                             IMAGE_TOKEN_INDEX)
+from llava.conversation import conv_templates
+from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.utils import disable_torch_init
+
+
+def image_parser(args):
+    return args.image_file.split(args.sep)
+
+
+def load_image(image_file):
+    from PIL import Image
+
+    if image_file.startswith(("http://", "https://")):
+        raise ValueError(f"{image_file}: this offline build does not fetch URLs; download the image first.")
+    with Image.open(image_file) as im:
+        return im.convert("RGB")
+
+
+def load_images(image_files):
+    return [load_image(f) for f in image_files]
+
+
+def infer_conv_mode(model_name: str) -> str:
+    name = model_name.lower()
+    if "llama-2" in name:
+        return "llava_llama_2"
+    if "mistral" in name:
+        return "mistral_instruct"
+    if "v1.6-34b" in name:
+        return "chatml_direct"
+    if "v1" in name:
+        return "llava_v1"
+    if "mpt" in name:
+        return "mpt"
+    return "llava_v0"
+
+
+def build_prompt(query, model_config, conv_mode):
+    image_token_se = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    use_se = getattr(model_config, "mm_use_im_start_end", False)
+    if IMAGE_PLACEHOLDER in query:
+        query = re.sub(IMAGE_PLACEHOLDER, image_token_se if use_se else DEFAULT_IMAGE_TOKEN, query)
+    else:
+        query = (image_token_se if use_se else DEFAULT_IMAGE_TOKEN) + "\n" + query
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], query)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def eval_model(args):
+    disable_torch_init()
+    model_name = get_model_name_from_path(args.model_path)
+    tokenizer, model, image_processor, context_len = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device=args.device)
+
+    conv_mode = args.conv_mode or infer_conv_mode(model_name)
+    prompt = build_prompt(args.query, model.config, conv_mode)
+    images = load_images(image_parser(args))
+    image_sizes = [x.size for x in images]
+    images_tensor = process_images(images, image_processor, model.config)
+    images_tensor = (images_tensor.to(model.device, dtype=model.dtype) if torch.is_tensor(images_tensor)
+                     else [x.to(model.device, dtype=model.dtype) for x in images_tensor])
+    input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0).to(model.device)
+
+    with torch.inference_mode():
+        output_ids = model.generate(
+            input_ids, images=images_tensor, image_sizes=image_sizes, do_sample=args.temperature > 0,
+            temperature=args.temperature if args.temperature > 0 else None, top_p=args.top_p,
+            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    outputs = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+    print(outputs)
+    return outputs
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-path", type=str, default="facebook/opt-350m")
+    parser.add_argument("--model-base", type=str, default=None)
+    parser.add_argument("--image-file", type=str, required=True)
+    parser.add_argument("--query", type=str, required=True)
+    parser.add_argument("--conv-mode", type=str, default=None)
+    parser.add_argument("--sep", type=str, default=",")
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=512)
+    parser.add_argument("--device", type=str, default="cuda", help="cuda or cpu (cuda falls back to cpu when absent)")
+    return parser
+
+
+if __name__ == "__main__":
+    eval_model(build_parser().parse_args())

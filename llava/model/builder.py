@@ -1,0 +1,172 @@
+"""load_pretrained_model: one entry point for every kind of LLaVA checkpoint.
+
+The kind is read from the files in the folder (adapter_config.json, non_lora_trainables.bin,
+mm_projector.bin, model weights) and from config.json, not only from substrings of the folder name
+(upstream matched 'llava'/'lora' in the name, a frequent cause of silent mis-loads)."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+from .attention import pick_attn_implementation
+from .weights import load_weights_file
+
+logger = logging.getLogger(__name__)
+
+
+def _has_full_weights(path: str) -> bool:
+    return bool(glob.glob(os.path.join(path, "model*.safetensors")) or glob.glob(os.path.join(path, "pytorch_model*.bin")))
+
+
+def _is_llava_config(cfg) -> bool:
+    return getattr(cfg, "mm_vision_tower", None) is not None or str(getattr(cfg, "model_type", "")).startswith("llava")
+
+
+def _llava_class(cfg):
+    from llava.model import LlavaLlamaForCausalLM, LlavaMistralForCausalLM
+
+    if getattr(cfg, "model_type", "") == "llava_mistral" or getattr(cfg, "model_type", "") == "mistral":
+        return LlavaMistralForCausalLM
+    if getattr(cfg, "model_type", "") == "llava":
+        raise ValueError(
+            "config.json has model_type 'llava', which transformers 5 maps to its own LlavaForConditionalGeneration "
+            "schema. Re-save the config with model_type 'llava_llama' (old LLaVA checkpoints), or load it with "
+            "transformers.LlavaForConditionalGeneration if it is an llava-hf checkpoint.")
+    return LlavaLlamaForCausalLM
+
+
+def _load_config(path):
+    from llava.model import LlavaConfig, LlavaMistralConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    if getattr(cfg, "mm_vision_tower", None) is not None and cfg.model_type in ("llama", "mistral"):
+        # A projector-only or LoRA checkpoint saved by a plain LM config: upgrade to the LLaVA config.
+        cls = LlavaMistralConfig if cfg.model_type == "mistral" else LlavaConfig
+        cfg = cls.from_pretrained(path)
+    return cfg
+
+
+def _strip_non_lora_keys(weights: dict) -> dict:
+    weights = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in weights.items()}
+    if any(k.startswith("model.model.") for k in weights):
+        weights = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in weights.items()}
+    return weights
+
+
+def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
+                          device="cuda", use_flash_attn=False, **kwargs):
+    """Returns (tokenizer, model, image_processor, context_len), as upstream."""
+    if device == "cuda" and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: loading on CPU.")
+        device = "cpu"
+    kwargs = {"device_map": device_map, **kwargs}
+    if device != "cuda":
+        kwargs["device_map"] = {"": device}
+
+    if load_8bit or load_4bit:
+        from transformers import BitsAndBytesConfig
+
+        if load_8bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16, bnb_4bit_use_double_quant=True,
+                bnb_4bit_quant_type="nf4")
+    elif "dtype" not in kwargs and "torch_dtype" not in kwargs:
+        # fp16 on GPU as upstream; fp32 on CPU where half matmuls are slow or unsupported.
+        kwargs["dtype"] = torch.float16 if device == "cuda" else torch.float32
+    if "torch_dtype" in kwargs:
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    kwargs["attn_implementation"] = pick_attn_implementation("flash_attention_2" if use_flash_attn else
+                                                             kwargs.pop("attn_implementation", None))
+
+    is_lora = os.path.isfile(os.path.join(model_path, "adapter_config.json"))
+    is_projector_only = os.path.isfile(os.path.join(model_path, "mm_projector.bin")) and not _has_full_weights(model_path)
+    cfg = _load_config(model_path) if os.path.isfile(os.path.join(model_path, "config.json")) else None
+    is_llava = (cfg is not None and _is_llava_config(cfg)) or "llava" in (model_name or "").lower()
+
+    if is_lora and model_base is None:
+        raise ValueError(f"{model_path} holds a LoRA adapter: pass --model-base (the LLM the adapter was trained on).")
+    if is_projector_only and model_base is None:
+        raise ValueError(f"{model_path} holds only mm_projector.bin: pass --model-base (the LLM it was trained with).")
+
+    if is_llava:
+        model_cls = _llava_class(cfg)
+        if is_lora:
+            tokenizer = AutoTokenizer.from_pretrained(model_base)
+            logger.info("Loading LLaVA from base model %s ...", model_base)
+            model = model_cls.from_pretrained(model_base, config=cfg, **kwargs)
+            _check_vocab(model, cfg, model_path, model_base)
+            non_lora_path = os.path.join(model_path, "non_lora_trainables.bin")
+            if not os.path.isfile(non_lora_path):
+                raise FileNotFoundError(
+                    f"{non_lora_path} is missing: a LoRA checkpoint needs the non-LoRA trainables (projector) saved "
+                    "beside the adapter.")
+            non_lora = _strip_non_lora_keys(load_weights_file(non_lora_path))
+            result = model.load_state_dict(non_lora, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"non_lora_trainables.bin has keys the model lacks: {result.unexpected_keys[:5]}")
+            from peft import PeftModel
+
+            logger.info("Loading LoRA weights from %s and merging ...", model_path)
+            model = PeftModel.from_pretrained(model, model_path)
+            model = model.merge_and_unload()
+        elif is_projector_only:
+            tokenizer = AutoTokenizer.from_pretrained(model_base)
+            model = model_cls.from_pretrained(model_base, config=cfg, **kwargs)
+            projector = load_weights_file(os.path.join(model_path, "mm_projector.bin"))
+            projector = {k: v.to(model.dtype) for k, v in projector.items()}
+            result = model.load_state_dict(projector, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"mm_projector.bin has keys the model lacks: {result.unexpected_keys[:5]}")
+        else:
+            if model_base is not None:
+                logger.warning("%s is a full checkpoint; --model-base %s is ignored.", model_path, model_base)
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            model = model_cls.from_pretrained(model_path, **kwargs)
+    else:
+        if model_base is not None and is_lora:
+            from peft import PeftModel
+
+            tokenizer = AutoTokenizer.from_pretrained(model_base)
+            model = AutoModelForCausalLM.from_pretrained(model_base, **kwargs)
+            model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+    image_processor = None
+    if is_llava:
+        if getattr(model.config, "mm_use_im_patch_token", True):
+            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+        if getattr(model.config, "mm_use_im_start_end", False):
+            tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+        # Grow only: shrinking would cut rows of a vocabulary padded beyond the tokenizer.
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+
+        vision_tower = model.get_vision_tower()
+        if vision_tower is None:
+            raise ValueError(f"{model_path}: the config names no vision tower (mm_vision_tower).")
+        if not vision_tower.is_loaded:
+            vision_tower.load_model(device_map=device_map if device == "cuda" else None)
+        if device_map != "auto" or device != "cuda":
+            vision_tower.to(device=device, dtype=model.dtype if not (load_8bit or load_4bit) else torch.float16)
+        image_processor = vision_tower.image_processor
+
+    context_len = getattr(model.config, "max_sequence_length", 2048)
+    model.eval()
+    return tokenizer, model, image_processor, context_len
+
+
+def _check_vocab(model, cfg, model_path, model_base):
+    rows = model.get_output_embeddings().weight.shape[0]
+    if rows != cfg.vocab_size:
+        raise ValueError(f"{model_base} has {rows} output rows but {model_path}/config.json expects vocab_size "
+                         f"{cfg.vocab_size}: is --model-base the LLM this adapter was trained on?")

@@ -1,0 +1,305 @@
+"""The multimodal mixins: LlavaMetaModel (owns tower + projector) and LlavaMetaForCausalLM
+(encodes images and splices their features into the text embeddings)."""
+from __future__ import annotations
+
+import ast
+import logging
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn as nn
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+from .multimodal_encoder.builder import build_vision_tower
+from .multimodal_projector.builder import build_vision_projector
+from .weights import load_state_dict_maybe_zero_3, load_weights_file
+
+logger = logging.getLogger(__name__)
+
+
+class LlavaMetaModel:
+    def __init__(self, config):
+        super().__init__(config)
+        if hasattr(config, "mm_vision_tower"):
+            self.vision_tower = build_vision_tower(config, delay_load=True)
+            self.mm_projector = build_vision_projector(config)
+            if "unpad" in getattr(config, "mm_patch_merge_type", ""):
+                self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
+
+    def get_vision_tower(self):
+        vision_tower = getattr(self, "vision_tower", None)
+        if isinstance(vision_tower, list):  # FSDP keeps it out of the module tree
+            vision_tower = vision_tower[0]
+        return vision_tower
+
+    def initialize_vision_modules(self, model_args, fsdp=None):
+        vision_tower = model_args.vision_tower
+        mm_vision_select_layer = model_args.mm_vision_select_layer
+        mm_vision_select_feature = model_args.mm_vision_select_feature
+        pretrain_mm_mlp_adapter = model_args.pretrain_mm_mlp_adapter
+        mm_patch_merge_type = model_args.mm_patch_merge_type
+
+        self.config.mm_vision_tower = vision_tower
+
+        if self.get_vision_tower() is None:
+            tower = build_vision_tower(model_args)
+            self.vision_tower = [tower] if fsdp is not None and len(fsdp) > 0 else tower
+        else:
+            tower = self.get_vision_tower()
+            if not tower.is_loaded:
+                tower.load_model()
+
+        self.config.use_mm_proj = True
+        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
+        self.config.mm_hidden_size = tower.hidden_size
+        self.config.mm_vision_select_layer = mm_vision_select_layer
+        self.config.mm_vision_select_feature = mm_vision_select_feature
+        self.config.mm_patch_merge_type = mm_patch_merge_type
+
+        # New modules follow the LLM's dtype/device, so a bf16 run without DeepSpeed does not mix dtypes.
+        ref = self.get_input_embeddings().weight
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(self.config).to(device=ref.device, dtype=ref.dtype)
+            if "unpad" in mm_patch_merge_type:
+                std = 1.0 / torch.sqrt(torch.tensor(self.config.hidden_size, dtype=torch.float32))
+                self.image_newline = nn.Parameter(
+                    (torch.randn(self.config.hidden_size, dtype=torch.float32) * std).to(device=ref.device, dtype=ref.dtype))
+        else:
+            # It may have been frozen by LoRA wrapping.
+            for p in self.mm_projector.parameters():
+                p.requires_grad = True
+
+        if pretrain_mm_mlp_adapter is not None:
+            weights = load_weights_file(pretrain_mm_mlp_adapter)
+            projector_weights = {k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k}
+            if not projector_weights:
+                raise ValueError(f"{pretrain_mm_mlp_adapter} has no 'mm_projector.*' weights (keys: {sorted(weights)[:5]}...)")
+            load_state_dict_maybe_zero_3(self.mm_projector, projector_weights, strict=True,
+                                         source=pretrain_mm_mlp_adapter)
+
+
+def unpad_image(tensor, original_size):
+    """Cut away the padding that resize-and-pad added around an image of `original_size` (w, h).
+
+    `tensor` is [C, H, W] on the merged patch grid."""
+    original_width, original_height = original_size
+    current_height, current_width = tensor.shape[1:]
+    if original_width / original_height > current_width / current_height:
+        # Wider than the grid: padding is above and below.
+        new_height = int(original_height * current_width / original_width)
+        pad = (current_height - new_height) // 2
+        return tensor[:, pad:current_height - pad, :]
+    new_width = int(original_width * current_height / original_height)
+    pad = (current_width - new_width) // 2
+    return tensor[:, :, pad:current_width - pad]
+
+
+def _grid_pinpoints(config):
+    pinpoints = getattr(config, "image_grid_pinpoints", None)
+    if isinstance(pinpoints, str):
+        pinpoints = ast.literal_eval(pinpoints)
+    return pinpoints
+
+
+class LlavaMetaForCausalLM(ABC):
+    @abstractmethod
+    def get_model(self):
+        ...
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def encode_images(self, images):
+        image_features = self.get_model().get_vision_tower()(images)
+        return self.get_model().mm_projector(image_features)
+
+    # ---- image features, one [n_tokens, D] tensor per image after the configured merge ----
+    def _image_features_per_image(self, images, image_sizes):
+        if not (isinstance(images, list) or images.ndim == 5):
+            return list(self.encode_images(images))
+        if isinstance(images, list):
+            images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
+        crops_per_image = [x.shape[0] for x in images]
+        features = self.encode_images(torch.cat(list(images), dim=0))
+        features = list(torch.split(features, crops_per_image, dim=0))
+
+        merge_type = getattr(self.config, "mm_patch_merge_type", "flat")
+        if merge_type == "flat":
+            return [f.flatten(0, 1) for f in features]
+        if not merge_type.startswith("spatial"):
+            raise ValueError(f"Unexpected mm_patch_merge_type: {merge_type}")
+        return [self._merge_spatial(f, image_sizes[i] if image_sizes is not None else None, merge_type)
+                for i, f in enumerate(features)]
+
+    def _merge_spatial(self, feature, image_size, merge_type):
+        """LLaVA-NeXT merge: base image tokens, then the crop grid (optionally unpadded, with a newline
+        token at the end of every row)."""
+        unpad = "unpad" in merge_type
+        model = self.get_model()
+        if feature.shape[0] == 1:
+            feature = feature[0]
+            if unpad:
+                feature = torch.cat((feature, model.image_newline[None].to(feature.dtype)), dim=0)
+            return feature
+
+        from llava.mm_utils import get_anyres_image_grid_shape
+
+        tower = self.get_vision_tower()
+        side = tower.num_patches_per_side
+        base, crops = feature[0], feature[1:]
+        if getattr(self.config, "image_aspect_ratio", None) != "anyres":
+            raise NotImplementedError("Multi-crop images need image_aspect_ratio='anyres'.")
+        if image_size is None:
+            raise ValueError("anyres merge needs image_sizes (the original (width, height) of each image).")
+        grid_w, grid_h = get_anyres_image_grid_shape(image_size, _grid_pinpoints(self.config), tower.config.image_size)
+        crops = crops.view(grid_h, grid_w, side, side, -1)
+        if unpad:
+            # [gh, gw, s, s, D] -> [D, gh*s, gw*s]
+            crops = crops.permute(4, 0, 2, 1, 3).contiguous().flatten(1, 2).flatten(2, 3)
+            crops = unpad_image(crops, image_size)
+            newline = model.image_newline[:, None, None].expand(*crops.shape[:-1], 1).to(crops.dtype)
+            crops = torch.cat((crops, newline), dim=-1)
+            crops = crops.flatten(1, 2).transpose(0, 1)
+        else:
+            crops = crops.permute(0, 2, 1, 3, 4).contiguous().flatten(0, 3)
+        return torch.cat((base, crops), dim=0)
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
+                                             labels, images, image_sizes=None):
+        vision_tower = self.get_vision_tower()
+        if vision_tower is None or images is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+
+        if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
+            raise NotImplementedError("tune_mm_mlp_adapter together with mm_use_im_start_end is not supported.")
+
+        image_features = self._image_features_per_image(images, image_sizes)
+
+        _labels, _position_ids, _attention_mask = labels, position_ids, attention_mask
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        else:
+            attention_mask = attention_mask.bool()
+        if labels is None:
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
+
+        ids_per_sample = [ids[mask] for ids, mask in zip(input_ids, attention_mask)]
+        labels_per_sample = [lab[mask] for lab, mask in zip(labels, attention_mask)]
+
+        # Upstream's collator gives every text-only sample a dummy image; callers that pass images only
+        # for the <image> tokens are accepted too. Anything else is a misaligned batch.
+        n_image_tokens = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in ids_per_sample]
+        n_text_only = sum(1 for n in n_image_tokens if n == 0)
+        if len(image_features) == sum(n_image_tokens) + n_text_only:
+            dummy_per_text_only = True
+        elif len(image_features) == sum(n_image_tokens):
+            dummy_per_text_only = False
+        else:
+            raise ValueError(
+                f"Got {len(image_features)} images for a batch with {sum(n_image_tokens)} <image> tokens and "
+                f"{n_text_only} text-only samples (expected {sum(n_image_tokens)} or {sum(n_image_tokens) + n_text_only}).")
+
+        embed_tokens = self.get_model().embed_tokens
+        new_embeds, new_labels = [], []
+        cursor = 0
+        for ids, labs in zip(ids_per_sample, labels_per_sample):
+            if (ids == IMAGE_TOKEN_INDEX).sum() == 0:
+                embeds = embed_tokens(ids)
+                if dummy_per_text_only:
+                    # A zero-length slice keeps the projector in the graph (DDP/ZeRO need every param used).
+                    embeds = torch.cat([embeds, image_features[cursor][0:0].to(embeds.dtype)], dim=0)
+                    cursor += 1
+                new_embeds.append(embeds)
+                new_labels.append(labs)
+                continue
+            cuts = [-1] + torch.where(ids == IMAGE_TOKEN_INDEX)[0].tolist() + [ids.shape[0]]
+            text_ids = [ids[cuts[i] + 1:cuts[i + 1]] for i in range(len(cuts) - 1)]
+            text_labels = [labs[cuts[i] + 1:cuts[i + 1]] for i in range(len(cuts) - 1)]
+            text_embeds = torch.split(embed_tokens(torch.cat(text_ids)), [len(t) for t in text_ids], dim=0)
+            pieces, piece_labels = [], []
+            for i in range(len(text_ids)):
+                pieces.append(text_embeds[i])
+                piece_labels.append(text_labels[i])
+                if i < len(text_ids) - 1:
+                    feat = image_features[cursor]
+                    cursor += 1
+                    pieces.append(feat.to(text_embeds[i].dtype))
+                    piece_labels.append(torch.full((feat.shape[0],), IGNORE_INDEX, device=labs.device, dtype=labs.dtype))
+            new_embeds.append(torch.cat(pieces))
+            new_labels.append(torch.cat(piece_labels))
+
+        max_len_cfg = getattr(self.config, "tokenizer_model_max_length", None)
+        if max_len_cfg is not None:
+            new_embeds = [x[:max_len_cfg] for x in new_embeds]
+            new_labels = [x[:max_len_cfg] for x in new_labels]
+
+        embeds, labels, attention_mask, position_ids = pad_multimodal_batch(
+            new_embeds, new_labels, getattr(self.config, "tokenizer_padding_side", "right"), attention_mask.device)
+
+        return (None,
+                None if _position_ids is None else position_ids,
+                None if _attention_mask is None else attention_mask.to(dtype=_attention_mask.dtype),
+                past_key_values,
+                embeds,
+                None if _labels is None else labels)
+
+    def initialize_vision_tokenizer(self, model_args, tokenizer):
+        from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+        if model_args.mm_use_im_patch_token:
+            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+            self.resize_token_embeddings(len(tokenizer))
+
+        if not model_args.mm_use_im_start_end:
+            return
+        num_new = tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+        self.resize_token_embeddings(len(tokenizer))
+        if num_new > 0:
+            # New rows start at the mean of the existing ones.
+            for emb in (self.get_input_embeddings().weight.data, self.get_output_embeddings().weight.data):
+                emb[-num_new:] = emb[:-num_new].mean(dim=0, keepdim=True)
+        if model_args.tune_mm_mlp_adapter:
+            for p in self.get_input_embeddings().parameters():
+                p.requires_grad = True
+            for p in self.get_output_embeddings().parameters():
+                p.requires_grad = False
+        if model_args.pretrain_mm_mlp_adapter:
+            weights = load_weights_file(model_args.pretrain_mm_mlp_adapter)
+            start_end = weights.get("model.embed_tokens.weight")
+            if start_end is None:
+                return
+            emb = self.get_input_embeddings().weight.data
+            if start_end.shape == emb.shape:
+                emb[-num_new:] = start_end[-num_new:]
+            elif start_end.shape[0] == num_new:
+                emb[-num_new:] = start_end
+            else:
+                raise ValueError(f"Unexpected embed_tokens shape in the adapter: {tuple(start_end.shape)}; "
+                                 f"model has {tuple(emb.shape)} with {num_new} new tokens.")
+        elif model_args.mm_use_im_patch_token and model_args.tune_mm_mlp_adapter:
+            for p in self.get_input_embeddings().parameters():
+                p.requires_grad = False
+            for p in self.get_output_embeddings().parameters():
+                p.requires_grad = False
+
+
+def pad_multimodal_batch(embeds, labels, padding_side, device):
+    """Pad per-sample embeddings/labels into a batch; returns (embeds, labels, bool mask, position ids).
+
+    Position ids count 0..len-1 over each sample's real tokens, whichever side the padding is on."""
+    batch = len(embeds)
+    max_len = max(x.shape[0] for x in embeds)
+    hidden = embeds[0].shape[1]
+    out = embeds[0].new_zeros((batch, max_len, hidden))
+    out_labels = torch.full((batch, max_len), IGNORE_INDEX, dtype=labels[0].dtype, device=labels[0].device)
+    mask = torch.zeros((batch, max_len), dtype=torch.bool, device=device)
+    position_ids = torch.zeros((batch, max_len), dtype=torch.long, device=device)
+    for i, (x, lab) in enumerate(zip(embeds, labels)):
+        n = x.shape[0]
+        span = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
+        out[i, span] = x
+        out_labels[i, span] = lab
+        mask[i, span] = True
+        position_ids[i, span] = torch.arange(n, dtype=torch.long, device=device)
+    return out, out_labels, mask, position_ids

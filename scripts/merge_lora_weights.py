@@ -1,0 +1,60 @@
+"""Merge a LLaVA LoRA checkpoint into its base model and save a standalone LLaVA checkpoint.
+
+Example:
+    python scripts/merge_lora_weights.py \
+        --model-path ./checkpoints/llava-v1.5-13b-lora \
+        --model-base lmsys/vicuna-13b-v1.5 \
+        --save-model-path ./checkpoints/llava-v1.5-13b-merged
+
+The LoRA folder must hold adapter_config.json / adapter_model.safetensors, config.json and
+non_lora_trainables.bin (the projector); intermediate checkpoint-N folders written by LLaVATrainer have them
+too. Loading and merging go through llava.model.builder.load_pretrained_model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _ensure_repo_on_path() -> None:
+    # `python scripts/merge_lora_weights.py` puts scripts/ (not the repo root) on sys.path.
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if repo_root not in sys.path:
+        sys.path.insert(0, repo_root)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Merge LLaVA LoRA weights into the base LLM and save the result.")
+    parser.add_argument("--model-path", type=str, required=True,
+                        help="LoRA checkpoint folder (output_dir of finetune_lora.sh or a checkpoint-N folder).")
+    parser.add_argument("--model-base", type=str, required=True,
+                        help="Base LLM the LoRA run started from, e.g. lmsys/vicuna-13b-v1.5.")
+    parser.add_argument("--save-model-path", type=str, required=True,
+                        help="Where to write the merged model and tokenizer.")
+    return parser
+
+
+def merge_lora(args: argparse.Namespace) -> None:
+    _ensure_repo_on_path()
+    from llava.mm_utils import get_model_name_from_path
+    from llava.model.builder import load_pretrained_model
+
+    if not os.path.isfile(os.path.join(args.model_path, "adapter_config.json")):
+        raise SystemExit(f"{args.model_path} has no adapter_config.json: not a LoRA checkpoint")
+    model_name = get_model_name_from_path(args.model_path)
+
+    tokenizer, model, _image_processor, _context_len = load_pretrained_model(
+        args.model_path, args.model_base, model_name, device_map="cpu")
+    os.makedirs(args.save_model_path, exist_ok=True)
+    model.save_pretrained(args.save_model_path)
+    tokenizer.save_pretrained(args.save_model_path)
+    print(f"merged model saved to {args.save_model_path}")
+
+
+def main(argv=None) -> None:
+    merge_lora(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

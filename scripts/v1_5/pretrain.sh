@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# LLaVA-1.5 stage 1: pretrain the mm_projector (vision tower and LLM frozen); writes mm_projector.bin.
+#
+# Environment variables (defaults in brackets):
+#   MODEL_NAME_OR_PATH     [lmsys/vicuna-13b-v1.5]
+#   VISION_TOWER           [openai/clip-vit-large-patch14-336]
+#   PRETRAIN_DATA_PATH     [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
+#   PRETRAIN_IMAGE_FOLDER  [./playground/data/LLaVA-Pretrain/images]
+#   OUTPUT_DIR             [./checkpoints/llava-v1.5-13b-pretrain]
+#   DEEPSPEED_CONFIG       [./scripts/zero2.json]
+#   LAUNCHER               [deepspeed]  e.g. "deepspeed --num_gpus 2" or "python"
+#   TRAIN_ENTRY            [llava/train/train_mem.py]
+#   REPORT_TO              [wandb]
+# Extra arguments are appended last and override the flags below, e.g. `--per_device_train_batch_size 16`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+MODEL_NAME_OR_PATH="${MODEL_NAME_OR_PATH:-lmsys/vicuna-13b-v1.5}"
+VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+PRETRAIN_DATA_PATH="${PRETRAIN_DATA_PATH:-./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}"
+PRETRAIN_IMAGE_FOLDER="${PRETRAIN_IMAGE_FOLDER:-./playground/data/LLaVA-Pretrain/images}"
+OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b-pretrain}"
+DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-./scripts/zero2.json}"
+LAUNCHER="${LAUNCHER:-deepspeed}"
+TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
+REPORT_TO="${REPORT_TO:-wandb}"
+
+read -r -a LAUNCH_CMD <<< "${LAUNCHER}"
+
+"${LAUNCH_CMD[@]}" "${TRAIN_ENTRY}" \
+    --deepspeed "${DEEPSPEED_CONFIG}" \
+    --model_name_or_path "${MODEL_NAME_OR_PATH}" \
+    --version plain \
+    --data_path "${PRETRAIN_DATA_PATH}" \
+    --image_folder "${PRETRAIN_IMAGE_FOLDER}" \
+    --vision_tower "${VISION_TOWER}" \
+    --mm_projector_type mlp2x_gelu \
+    --tune_mm_mlp_adapter True \
+    --mm_vision_select_layer -2 \
+    --mm_use_im_start_end False \
+    --mm_use_im_patch_token False \
+    --bf16 True \
+    --output_dir "${OUTPUT_DIR}" \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size 32 \
+    --per_device_eval_batch_size 4 \
+    --gradient_accumulation_steps 1 \
+    --evaluation_strategy "no" \
+    --save_strategy "steps" \
+    --save_steps 24000 \
+    --save_total_limit 1 \
+    --learning_rate 1e-3 \
+    --weight_decay 0. \
+    --warmup_ratio 0.03 \
+    --lr_scheduler_type "cosine" \
+    --logging_steps 1 \
+    --tf32 True \
+    --model_max_length 2048 \
+    --gradient_checkpointing True \
+    --dataloader_num_workers 4 \
+    --lazy_preprocess True \
+    --report_to "${REPORT_TO}" \
+    "$@"
