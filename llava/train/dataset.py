@@ -112,9 +112,9 @@ class LazySupervisedDataset(Dataset):
         else:
             sources = [conversations]
         try:
-            tokens = preprocess(sources, self.tokenizer, has_image=has_image)
-        except TokenizationMismatchError as e:
-            raise TokenizationMismatchError(f"{where}: {e}") from e
+            tokens = preprocess(sources, self.tokenizer, has_image=has_image, sample_id=sid)
+        except ValueError as e:
+            raise type(e)(f"{self.data_path} (index {i}): {e}") from e
         input_ids, labels = _first(tokens["input_ids"]), _first(tokens["labels"])
         self._check_length(input_ids, labels, has_image, where, i)
         data["input_ids"], data["labels"] = input_ids, labels
