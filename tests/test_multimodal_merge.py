@@ -1,34 +1,20 @@
 """prepare_inputs_labels_for_multimodal: where image features land, with every padding/merge variant."""
-import types
-
 import pytest
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from tests.helpers import build_tiny_clip, make_tiny_llava
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 @pytest.fixture(scope="module")
 def vision_path(tmp_path_factory):
-    from scripts.tiny.vision import build_vision_tower
-
-    return build_vision_tower(str(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336"), seed=0)
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 def make_model(vision_path, merge="flat", **config):
-    from llava.model import LlavaConfig, LlavaLlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlavaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=4096)
-    model = LlavaLlamaForCausalLM(cfg).eval()
-    args = types.SimpleNamespace(vision_tower=vision_path, mm_vision_select_layer=-2, mm_vision_select_feature="patch",
-                                 pretrain_mm_mlp_adapter=None, mm_patch_merge_type=merge, mm_projector_type="mlp2x_gelu")
-    model.get_model().initialize_vision_modules(args)
-    for k, v in config.items():
-        setattr(model.config, k, v)
-    return model
+    return make_tiny_llava(vision_path, merge, **config)
 
 
 def run(model, ids, images, pad=0, **kw):

@@ -29,7 +29,7 @@ def pick_attn_implementation(requested: str | None = None) -> str:
     if requested in (None, "flash_attention_2"):
         if flash_attn_available():
             return "flash_attention_2"
-        if requested == "flash_attention_2":
+        if requested == "flash_attention_2" and torch.cuda.is_available():
             logger.warning("flash_attention_2 requested but flash-attn is not usable here; falling back to sdpa.")
         return "sdpa"
     return requested

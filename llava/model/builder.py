@@ -111,7 +111,12 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
             non_lora = _strip_non_lora_keys(load_weights_file(non_lora_path))
             result = model.load_state_dict(non_lora, strict=False)
             if result.unexpected_keys:
-                raise ValueError(f"non_lora_trainables.bin has keys the model lacks: {result.unexpected_keys[:5]}")
+                # e.g. modules an extension added in training; the plain model runs without them.
+                logger.warning("non_lora_trainables.bin: ignoring %d keys this model does not have: %s",
+                               len(result.unexpected_keys), result.unexpected_keys[:5])
+            missing_projector = [k for k in result.missing_keys if "mm_projector" in k]
+            if missing_projector:
+                raise ValueError(f"{non_lora_path} lacks the projector weights {missing_projector[:4]}")
             from peft import PeftModel
 
             logger.info("Loading LoRA weights from %s and merging ...", model_path)
@@ -125,6 +130,8 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
             result = model.load_state_dict(projector, strict=False)
             if result.unexpected_keys:
                 raise ValueError(f"mm_projector.bin has keys the model lacks: {result.unexpected_keys[:5]}")
+            if any("mm_projector" in k for k in result.missing_keys):
+                raise ValueError(f"{model_path}/mm_projector.bin does not hold a complete projector for this config")
         else:
             if model_base is not None:
                 logger.warning("%s is a full checkpoint; --model-base %s is ignored.", model_path, model_base)

@@ -259,6 +259,8 @@ def train(attn_implementation=None):
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
     trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    rank0_print(f"Training: world_size={training_args.world_size}, {len(data_module['train_dataset'])} samples, "
+                f"deepspeed={training_args.deepspeed or 'off'}, output_dir={training_args.output_dir}")
     trainer.train(resume_from_checkpoint=_resume_arg(training_args))
     trainer.save_state()
     model.config.use_cache = True

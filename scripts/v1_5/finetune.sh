@@ -8,7 +8,7 @@
 #   IMAGE_FOLDER             [./playground/data]
 #   PRETRAIN_MM_MLP_ADAPTER  [./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin]
 #   OUTPUT_DIR               [./checkpoints/llava-v1.5-13b]
-#   DEEPSPEED_CONFIG         [./scripts/zero3.json]
+#   DEEPSPEED_CONFIG         [./scripts/zero3.json]  set it empty to train without DeepSpeed
 #   LAUNCHER                 [deepspeed]  e.g. "deepspeed --num_gpus 2" or "python"
 #   TRAIN_ENTRY              [llava/train/train_mem.py]
 #   REPORT_TO                [wandb]
@@ -22,7 +22,7 @@ DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
 IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data}"
 PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b}"
-DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-./scripts/zero3.json}"
+DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-./scripts/zero3.json}"
 LAUNCHER="${LAUNCHER:-deepspeed}"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
 REPORT_TO="${REPORT_TO:-wandb}"

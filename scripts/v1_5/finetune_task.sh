@@ -7,7 +7,7 @@
 #   DATA_PATH                [./playground/data/llava_v1_5_mix665k.json]
 #   IMAGE_FOLDER             [./playground/data]
 #   OUTPUT_DIR               [./checkpoints/llava-v1.5-13b-task]
-#   DEEPSPEED_CONFIG         [./scripts/zero3.json]
+#   DEEPSPEED_CONFIG         [./scripts/zero3.json]  set it empty to train without DeepSpeed
 #   LAUNCHER                 [deepspeed]  e.g. "deepspeed --num_gpus 2" or "python"
 #   TRAIN_ENTRY              [llava/train/train_mem.py]
 #   REPORT_TO                [wandb]
@@ -20,7 +20,7 @@ VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
 DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
 IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b-task}"
-DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-./scripts/zero3.json}"
+DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-./scripts/zero3.json}"
 LAUNCHER="${LAUNCHER:-deepspeed}"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
 REPORT_TO="${REPORT_TO:-wandb}"

@@ -7,7 +7,7 @@
 #   PRETRAIN_DATA_PATH     [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
 #   PRETRAIN_IMAGE_FOLDER  [./playground/data/LLaVA-Pretrain/images]
 #   OUTPUT_DIR             [./checkpoints/llava-v1.5-13b-pretrain]
-#   DEEPSPEED_CONFIG       [./scripts/zero2.json]
+#   DEEPSPEED_CONFIG       [./scripts/zero2.json]  (set it empty to train without DeepSpeed)
 #   LAUNCHER               [deepspeed]  e.g. "deepspeed --num_gpus 2" or "python"
 #   TRAIN_ENTRY            [llava/train/train_mem.py]
 #   REPORT_TO              [wandb]
@@ -20,7 +20,7 @@ VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
 PRETRAIN_DATA_PATH="${PRETRAIN_DATA_PATH:-./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}"
 PRETRAIN_IMAGE_FOLDER="${PRETRAIN_IMAGE_FOLDER:-./playground/data/LLaVA-Pretrain/images}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b-pretrain}"
-DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG:-./scripts/zero2.json}"
+DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-./scripts/zero2.json}"
 LAUNCHER="${LAUNCHER:-deepspeed}"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
 REPORT_TO="${REPORT_TO:-wandb}"

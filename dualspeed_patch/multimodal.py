@@ -1,0 +1,181 @@
+"""The wrapper of `prepare_inputs_labels_for_multimodal`: prune image spans, insert the isolator, repack.
+
+The fork's own merge runs unchanged, once, with `labels` replaced by *position tags* (tag t at input
+position t). Every LLaVA fork carries labels through its merge and writes IGNORE_INDEX where it inserts image
+features, so in the returned labels a tag >= 0 is a text token (its true label is labels[b, tag]) and
+IGNORE_INDEX inside the attention mask is an image token (anyres newline tokens included). That yields the
+image spans after the fork's own anyres merge / unpad / truncation, with one vision pass."""
+from __future__ import annotations
+
+import functools
+from collections import defaultdict
+
+import torch
+
+from . import context
+from . import isolator as isolator_lib
+from .pruners import budget, get_pruner
+from .signals import instruction_relevance, span_cls_attention
+
+IGNORE_INDEX = -100
+
+
+def wrap(original):
+    @functools.wraps(original)
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
+                                             images, *args, **kwargs):
+        state = context.current()
+        if (state is None or state.spec.mode == context.FULL or images is None or input_ids is None
+                or input_ids.shape[1] == 1 or self.get_vision_tower() is None):
+            return original(self, input_ids, position_ids, attention_mask, past_key_values, labels, images,
+                            *args, **kwargs)
+        return _pruned_merge(self, original, state, input_ids, position_ids, attention_mask, past_key_values,
+                             labels, images, args, kwargs)
+
+    prepare_inputs_labels_for_multimodal.__dualspeed_original__ = original
+    return prepare_inputs_labels_for_multimodal
+
+
+def _pruned_merge(model, original, state, input_ids, position_ids, attention_mask, past_key_values, labels,
+                  images, args, kwargs):
+    spec = state.spec
+    batch, length = input_ids.shape
+    tags = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, length).contiguous()
+    mask_in = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    with span_cls_attention(model, enabled=spec.method == "fastervlm") as cls_capture:
+        _, pos_full, mask_full, pkv, embeds, tags_out = original(
+            model, input_ids, position_ids, mask_in, past_key_values, tags, images, *args, **kwargs)
+    if embeds is None or tags_out is None:
+        raise RuntimeError("the fork's prepare_inputs_labels_for_multimodal returned no embeddings/labels for "
+                           "image inputs; DualSpeed cannot locate the image tokens")
+    mask_full = (torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device) if mask_full is None
+                 else mask_full.bool())
+
+    true_labels = _true_labels(tags_out, labels)
+    state.extras["full_labels"] = true_labels
+    spans = _image_spans(tags_out, mask_full)
+    keep = _select(model, spec, embeds, spans, true_labels, mask_full, cls_capture, input_ids, mask_in)
+    state.visual_total += sum(e - s for row in spans for s, e in row)
+    state.visual_kept += sum(len(k) for k in keep.values())
+
+    iso = None
+    if spec.isolator:
+        module = isolator_lib.get(model)
+        if module is None:
+            raise RuntimeError("pruned mode with the isolator asked for, but the model has no mode_isolator "
+                               "(load mode_isolator.bin, or run without the isolator)")
+        iso = module().to(embeds.dtype)
+
+    if spec.mode == context.SLOW:
+        # Teacher input: the pruned sequence built from the same (detached) features; no second vision pass.
+        p_embeds, p_labels, p_mask, p_pos = _repack(model, embeds.detach(), true_labels, mask_full, spans, keep,
+                                                    None if iso is None else iso.detach())
+        state.pruned = (p_pos, p_mask, p_embeds, p_labels)
+        return (None, pos_full if position_ids is not None else None,
+                _out_mask(mask_full, attention_mask), pkv, embeds, true_labels if labels is not None else None)
+
+    new_embeds, new_labels, new_mask, new_pos = _repack(model, embeds, true_labels, mask_full, spans, keep, iso)
+    return (None, new_pos if position_ids is not None else None, _out_mask(new_mask, attention_mask), pkv,
+            new_embeds, new_labels if labels is not None else None)
+
+
+def _out_mask(mask, caller_mask):
+    if caller_mask is None:
+        return mask
+    return mask.to(dtype=caller_mask.dtype)
+
+
+def _true_labels(tags_out, labels):
+    """Map position tags back to the caller's labels (IGNORE for image and padding positions)."""
+    text = tags_out >= 0
+    out = torch.full_like(tags_out, IGNORE_INDEX)
+    if labels is not None:
+        rows = torch.arange(tags_out.shape[0], device=tags_out.device).unsqueeze(1).expand_as(tags_out)
+        out[text] = labels[rows[text], tags_out[text]]
+    return out
+
+
+def _image_spans(tags_out, mask):
+    """Per sample, the [start, end) runs of image positions."""
+    is_image = ((tags_out == IGNORE_INDEX) & mask).cpu()
+    spans = []
+    for row in is_image:
+        idx = torch.nonzero(row).flatten()
+        if idx.numel() == 0:
+            spans.append([])
+            continue
+        breaks = torch.nonzero(idx[1:] != idx[:-1] + 1).flatten()
+        starts = [int(idx[0])] + [int(idx[b + 1]) for b in breaks]
+        ends = [int(idx[b]) + 1 for b in breaks] + [int(idx[-1]) + 1]
+        spans.append(list(zip(starts, ends)))
+    return spans
+
+
+def _select(model, spec, embeds, spans, true_labels, mask, cls_capture, input_ids, mask_in):
+    """Kept positions (relative to the span start) for every span: {(b, j): LongTensor[k]}.
+
+    Spans of equal length go to the pruner in one batched call (all 576 for LLaVA-1.5)."""
+    pruner = get_pruner(spec.method)
+    groups = defaultdict(list)
+    for b, row in enumerate(spans):
+        for j, (s, e) in enumerate(row):
+            groups[e - s].append((b, j))
+    cls_by_span = cls_capture.per_span(spans, input_ids, mask_in) if cls_capture is not None else None
+    keep = {}
+    for n, members in groups.items():
+        feats = torch.stack([embeds[b, spans[b][j][0]:spans[b][j][1]] for b, j in members])
+        signals = {"seed": spec.seed}
+        if spec.method == "cdpruner":
+            signals["relevance"] = torch.stack([
+                instruction_relevance(embeds[b], spans[b][j], true_labels[b], mask[b]) for b, j in members])
+        if cls_by_span is not None:
+            signals["cls_attention"] = torch.stack([cls_by_span[(b, j)] for b, j in members])
+        k = budget(n, spec.pruning_ratio)
+        with torch.no_grad():
+            idx = pruner(feats.detach(), k, **signals)
+        for row, key in enumerate(members):
+            keep[key] = idx[row]
+    return keep
+
+
+def _repack(model, embeds, true_labels, mask, spans, keep, iso):
+    """Rebuild each sample as text + [isolator; kept image tokens] + text, then pad as the fork does."""
+    pieces, piece_labels = [], []
+    for b, row in enumerate(spans):
+        valid = torch.nonzero(mask[b]).flatten()
+        start, end = int(valid[0]), int(valid[-1]) + 1
+        seq, lab = [], []
+        cursor = start
+        for j, (s, e) in enumerate(row):
+            seq.append(embeds[b, cursor:s])
+            lab.append(true_labels[b, cursor:s])
+            kept = keep[(b, j)].to(embeds.device) + s
+            if iso is not None:
+                seq.append(iso)
+                lab.append(true_labels.new_full((iso.shape[0],), IGNORE_INDEX))
+            seq.append(embeds[b, kept])
+            lab.append(true_labels.new_full((kept.numel(),), IGNORE_INDEX))
+            cursor = e
+        seq.append(embeds[b, cursor:end])
+        lab.append(true_labels[b, cursor:end])
+        pieces.append(torch.cat(seq))
+        piece_labels.append(torch.cat(lab))
+    side = getattr(model.config, "tokenizer_padding_side", "right")
+    return _pad(pieces, piece_labels, side)
+
+
+def _pad(embeds, labels, side):
+    batch, max_len, hidden = len(embeds), max(x.shape[0] for x in embeds), embeds[0].shape[1]
+    device = embeds[0].device
+    out = embeds[0].new_zeros((batch, max_len, hidden))
+    out_labels = labels[0].new_full((batch, max_len), IGNORE_INDEX)
+    mask = torch.zeros((batch, max_len), dtype=torch.bool, device=device)
+    pos = torch.zeros((batch, max_len), dtype=torch.long, device=device)
+    for i, (x, lab) in enumerate(zip(embeds, labels)):
+        n = x.shape[0]
+        sl = slice(max_len - n, max_len) if side == "left" else slice(0, n)
+        out[i, sl] = x
+        out_labels[i, sl] = lab
+        mask[i, sl] = True
+        pos[i, sl] = torch.arange(n, device=device)
+    return out, out_labels, mask, pos

@@ -1,0 +1,63 @@
+"""DivPrune: keep a maximally diverse subset of visual tokens (greedy max-min diversity).
+
+Reference: Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal
+Models", CVPR 2025 (arXiv 2503.02175); DualSpeed applies it to the ``mm_projector`` output.
+
+Algorithm (the masked running-min form, spec ``vtp_methods.md`` section 4.2), per image:
+
+* cosine distance ``d_ij = 1 - cos(x_i, x_j)`` on the L2-normalised features, in fp32;
+* step 0 picks the most isolated token, ``argmax_i min_{j != i} d_ij`` (the diagonal is set to
+  +inf so a token is never its own nearest neighbour);
+* every later step picks ``argmax_i m_i`` over the tokens not chosen yet, where ``m_i`` is the
+  distance from token i to its nearest chosen token, and then lowers ``m`` to
+  ``min(m, d[chosen, :])``;
+* ties go to the lowest index (``argmax`` returns the first maximum).
+
+Chosen tokens are excluded by setting their running-min entry to -inf. Here that needs no extra
+kernel: after step 0 the diagonal of ``d`` is overwritten with -inf, so taking the minimum with the
+chosen token's own row also writes -inf at the chosen position. Exact duplicate tokens are thus never
+returned twice (the original DivPrune code, which relies on a zero self-distance, can do that).
+
+Batching: one ``bmm`` builds all B Gram matrices; the k-1 greedy steps run on (B, N) tensors with
+three kernels per step (argmax, row gather, in-place minimum). No per-image Python loop.
+
+Signals: none. Unknown signals are ignored.
+"""
+from __future__ import annotations
+
+import torch
+
+from .common import check_features, cosine_gram, row_gather, sort_indices
+
+__all__ = ["select", "distance_matrix"]
+
+
+@torch.no_grad()
+def distance_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Cosine distance ``1 - cos`` (B, N, N) in fp32; the diagonal is left as computed (about 0)."""
+    return cosine_gram(features).neg_().add_(1.0)
+
+
+@torch.no_grad()
+def select(features: torch.Tensor, k: int, **signals) -> torch.Tensor:
+    """Indices (B, k) of the k most diverse tokens per image, sorted ascending.
+
+    Args:
+        features: (B, N, D) token features (any floating dtype; distances are computed in fp32).
+        k: tokens to keep, ``1 <= k <= N``.
+        **signals: ignored (DivPrune needs none).
+    """
+    B, N, _, k = check_features(features, k, "divprune")
+    dist = distance_matrix(features)                      # (B, N, N), fp32
+    diag = dist.diagonal(dim1=1, dim2=2)
+    diag.fill_(float("inf"))
+    nearest = dist.amin(dim=2)                            # min_{j != i} d_ij, (B, N)
+    diag.fill_(float("-inf"))                             # from now on: marks chosen tokens
+    j = nearest.argmax(dim=1)                             # (B,)
+    picks = [j]
+    running = row_gather(dist, j)                         # new (B, N) tensor; -inf at j
+    for _ in range(k - 1):
+        j = running.argmax(dim=1)
+        picks.append(j)
+        torch.minimum(running, row_gather(dist, j), out=running)
+    return sort_indices(torch.stack(picks, dim=1))
