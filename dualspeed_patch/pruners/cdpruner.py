@@ -80,7 +80,13 @@ def compute_relevance(features: torch.Tensor, text_embeds: torch.Tensor,
     """
     if features.dim() != 3:
         raise ValueError(f"compute_relevance: features must be (B, N, D), got {tuple(features.shape)}")
-    B, N, D = features.shape
+    return _relevance(l2_normalize(features), text_embeds, text_mask, sign)
+
+
+def _relevance(unit: torch.Tensor, text_embeds, text_mask, sign) -> torch.Tensor:
+    """:func:`compute_relevance` on already L2-normalised fp32 features ``unit`` (B, N, D)."""
+    B, N, D = unit.shape
+    device = unit.device
     if not isinstance(text_embeds, torch.Tensor):
         raise TypeError("compute_relevance: text_embeds must be a torch.Tensor")
     if text_embeds.dim() == 2:
@@ -88,14 +94,14 @@ def compute_relevance(features: torch.Tensor, text_embeds: torch.Tensor,
     if text_embeds.dim() != 3 or text_embeds.shape[0] != B or text_embeds.shape[2] != D:
         raise ValueError(f"compute_relevance: text_embeds must be (B, T, D) = ({B}, T, {D}) or (T, {D}), "
                          f"got {tuple(text_embeds.shape)}")
-    if sign not in (1, -1, 1.0, -1.0):
+    if sign not in (1, -1):
         raise ValueError(f"compute_relevance: sign must be +1 or -1, got {sign!r}")
     T = text_embeds.shape[1]
-    text = l2_normalize(text_embeds.to(features.device))            # (B, T, D) fp32
-    if common.CHECK_FINITE and not bool(torch.isfinite(text).all()):
+    if common.CHECK_FINITE and not common.all_finite(text_embeds):
         raise ValueError("compute_relevance: text_embeds contain NaN or Inf values")
+    text = l2_normalize(text_embeds.to(device))                     # (B, T, D) fp32
     if text_mask is None:
-        weights = torch.full((B, T), 1.0 / max(T, 1), device=features.device)
+        weights = torch.full((B, T), 1.0 / max(T, 1), device=device)
     else:
         if not isinstance(text_mask, torch.Tensor):
             text_mask = torch.as_tensor(text_mask)
@@ -104,11 +110,11 @@ def compute_relevance(features: torch.Tensor, text_embeds: torch.Tensor,
         if tuple(text_mask.shape) != (B, T):
             raise ValueError(f"compute_relevance: text_mask must be (B, T) = ({B}, {T}) or ({T},), "
                              f"got {tuple(text_mask.shape)}")
-        weights = (text_mask.to(features.device) != 0).float()
+        weights = (text_mask.to(device) != 0).float()
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
     # mean_t cos(x_i, e_t) = <x_hat_i, sum_t w_t e_hat_t>: one (B, N, D) x (B, D) contraction.
     pooled = torch.bmm(weights.unsqueeze(1), text)                   # (B, 1, D)
-    scores = torch.bmm(l2_normalize(features), pooled.transpose(1, 2)).squeeze(2)  # (B, N)
+    scores = torch.bmm(unit, pooled.transpose(1, 2)).squeeze(2)      # (B, N)
     scores = scores * float(sign)
     lo = scores.amin(dim=1, keepdim=True)
     hi = scores.amax(dim=1, keepdim=True)
@@ -193,10 +199,11 @@ def select(features: torch.Tensor, k: int, *, relevance: torch.Tensor | None = N
     """
     B, N, _, k = check_features(features, k, "cdpruner")
     device = features.device
+    unit, norm = l2_normalize(features, return_norm=True)           # fp32
     if relevance is not None:
         r = check_token_signal(relevance, "relevance", B, N, device, "cdpruner")
     elif text_embeds is not None:
-        r = compute_relevance(features, text_embeds, text_mask, sign=relevance_sign)
+        r = _relevance(unit, text_embeds, text_mask, relevance_sign)
     else:
         r = torch.ones(B, N, device=device)
     if theta is not None:
@@ -204,8 +211,7 @@ def select(features: torch.Tensor, k: int, *, relevance: torch.Tensor | None = N
         if not 0.0 < theta < 1.0:
             raise ValueError(f"cdpruner: theta must be in (0, 1) or None, got {theta}")
         r = torch.exp(r * (theta / (2.0 * (1.0 - theta))))
-    unit = l2_normalize(features)
-    nonzero = torch.linalg.vector_norm(features.detach().float(), dim=-1) >= common.NORM_EPS
+    nonzero = norm.squeeze(2) >= common.NORM_EPS
     weighted = unit.mul_(r.unsqueeze(2))                            # r_i * x_hat_i
     kernel = torch.bmm(weighted, weighted.transpose(1, 2))          # L = diag(r) S diag(r)
     # S_ii is 1 up to rounding; make it exact so equal relevances tie exactly (-> lowest index).

@@ -22,6 +22,7 @@ __all__ = [
     "CHECK_FINITE",
     "NORM_EPS",
     "MissingSignalError",
+    "all_finite",
     "check_features",
     "check_token_signal",
     "check_indices",
@@ -58,6 +59,16 @@ def _as_int(k, name: str = "k") -> int:
         raise TypeError(f"{name} must be an integer, got {type(k).__name__} {k!r}") from None
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True if ``t`` has no NaN or Inf (one fused min/max reduction, NaN propagates; no bool copy)."""
+    if t.numel() == 0:
+        return True
+    if not t.is_floating_point():
+        return True
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def check_features(features: torch.Tensor, k, method: str = "pruner") -> tuple[int, int, int, int]:
     """Validate the common inputs; return ``(B, N, D, k)`` with ``k`` as a Python int.
 
@@ -76,7 +87,7 @@ def check_features(features: torch.Tensor, k, method: str = "pruner") -> tuple[i
     k = _as_int(k)
     if not 1 <= k <= N:
         raise ValueError(f"{method}: k must satisfy 1 <= k <= N = {N}, got k = {k}")
-    if CHECK_FINITE and features.numel() and not bool(torch.isfinite(features).all()):
+    if CHECK_FINITE and not all_finite(features):
         raise ValueError(f"{method}: features contain NaN or Inf values")
     return B, N, D, k
 
@@ -94,7 +105,7 @@ def check_token_signal(value, name: str, B: int, N: int, device, method: str) ->
         raise ValueError(f"{method}: signal '{name}' must have shape (B, N) = ({B}, {N}), "
                          f"got {tuple(value.shape)}")
     value = value.detach().to(device=device, dtype=torch.float32)
-    if CHECK_FINITE and not bool(torch.isfinite(value).all()):
+    if CHECK_FINITE and not all_finite(value):
         raise ValueError(f"{method}: signal '{name}' contains NaN or Inf values")
     return value
 
@@ -118,11 +129,18 @@ def check_indices(idx: torch.Tensor, B: int, N: int, k: int, method: str = "prun
     return idx
 
 
-def l2_normalize(features: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
-    """Rows divided by ``max(||row||_2, eps)``, computed and returned in fp32 (a new tensor)."""
-    x = features.detach().float()
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(eps)
-    return x / norm
+def l2_normalize(features: torch.Tensor, eps: float = NORM_EPS, return_norm: bool = False):
+    """Rows divided by ``max(||row||_2, eps)``, computed and returned in fp32 (a new tensor).
+
+    With ``return_norm=True`` also returns the unclamped row norms (..., 1) in fp32.
+    """
+    x = features.detach()
+    copied = x.dtype != torch.float32
+    x = x.float()                              # a copy unless the input is fp32 already
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    inv = norm.clamp_min(eps).reciprocal_()
+    unit = x.mul_(inv) if copied else x * inv  # never write into the caller's tensor
+    return (unit, norm) if return_norm else unit
 
 
 def cosine_gram(features: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:

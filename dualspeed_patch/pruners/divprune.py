@@ -13,13 +13,16 @@ Algorithm (the masked running-min form, spec ``vtp_methods.md`` section 4.2), pe
   ``min(m, d[chosen, :])``;
 * ties go to the lowest index (``argmax`` returns the first maximum).
 
-Chosen tokens are excluded by setting their running-min entry to -inf. Here that needs no extra
-kernel: after step 0 the diagonal of ``d`` is overwritten with -inf, so taking the minimum with the
-chosen token's own row also writes -inf at the chosen position. Exact duplicate tokens are thus never
+Implementation notes. The greedy runs on cosine *similarity* ``c = 1 - d`` (max-min distance is
+min-max similarity), which saves two passes over the (B, N, N) matrix and avoids the rounding of
+``1 - c``; argmax/argmin both return the first extremum, so ties still go to the lowest index.
+Chosen tokens are excluded by a +inf entry in the running max-similarity vector. That needs no extra
+kernel: after step 0 the diagonal of ``c`` is overwritten with +inf, so taking the maximum with the
+chosen token's own row also writes +inf at the chosen position. Exact duplicate tokens are thus never
 returned twice (the original DivPrune code, which relies on a zero self-distance, can do that).
 
 Batching: one ``bmm`` builds all B Gram matrices; the k-1 greedy steps run on (B, N) tensors with
-three kernels per step (argmax, row gather, in-place minimum). No per-image Python loop.
+three kernels per step (argmin, row gather, in-place maximum). No per-image Python loop.
 
 Signals: none. Unknown signals are ignored.
 """
@@ -29,13 +32,7 @@ import torch
 
 from .common import check_features, cosine_gram, row_gather, sort_indices
 
-__all__ = ["select", "distance_matrix"]
-
-
-@torch.no_grad()
-def distance_matrix(features: torch.Tensor) -> torch.Tensor:
-    """Cosine distance ``1 - cos`` (B, N, N) in fp32; the diagonal is left as computed (about 0)."""
-    return cosine_gram(features).neg_().add_(1.0)
+__all__ = ["select"]
 
 
 @torch.no_grad()
@@ -43,21 +40,21 @@ def select(features: torch.Tensor, k: int, **signals) -> torch.Tensor:
     """Indices (B, k) of the k most diverse tokens per image, sorted ascending.
 
     Args:
-        features: (B, N, D) token features (any floating dtype; distances are computed in fp32).
+        features: (B, N, D) token features (any floating dtype; similarities are computed in fp32).
         k: tokens to keep, ``1 <= k <= N``.
         **signals: ignored (DivPrune needs none).
     """
     B, N, _, k = check_features(features, k, "divprune")
-    dist = distance_matrix(features)                      # (B, N, N), fp32
-    diag = dist.diagonal(dim1=1, dim2=2)
-    diag.fill_(float("inf"))
-    nearest = dist.amin(dim=2)                            # min_{j != i} d_ij, (B, N)
-    diag.fill_(float("-inf"))                             # from now on: marks chosen tokens
-    j = nearest.argmax(dim=1)                             # (B,)
+    sim = cosine_gram(features)                           # (B, N, N), fp32
+    diag = sim.diagonal(dim1=1, dim2=2)
+    diag.fill_(float("-inf"))
+    nearest = sim.amax(dim=2)                             # max_{j != i} c_ij = 1 - nearest distance
+    diag.fill_(float("inf"))                              # from now on: marks chosen tokens
+    j = nearest.argmin(dim=1)                             # the most isolated token, (B,)
     picks = [j]
-    running = row_gather(dist, j)                         # new (B, N) tensor; -inf at j
+    closest = row_gather(sim, j)                          # new (B, N) tensor; +inf at j
     for _ in range(k - 1):
-        j = running.argmax(dim=1)
+        j = closest.argmin(dim=1)                         # farthest from the chosen set
         picks.append(j)
-        torch.minimum(running, row_gather(dist, j), out=running)
+        torch.maximum(closest, row_gather(sim, j), out=closest)
     return sort_indices(torch.stack(picks, dim=1))

@@ -12,6 +12,7 @@
 #   LAUNCHER                 [deepspeed]  e.g. "deepspeed --num_gpus 2" or "python"
 #   TRAIN_ENTRY              [llava/train/train_mem.py]
 #   REPORT_TO                [wandb]
+# DualSpeed: DUALSPEED=1 or a --dualspeed flag switches it on (scripts/dualspeed/switch.sh).
 # Extra arguments are appended last and override the flags below, e.g. `--per_device_train_batch_size 8`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -22,6 +23,7 @@ DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
 IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data}"
 PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-13b-pretrain/mm_projector.bin}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b}"
+DEEPSPEED_CONFIG_SET_BY_USER="${DEEPSPEED_CONFIG+1}"
 DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-./scripts/zero3.json}"
 LAUNCHER="${LAUNCHER:-deepspeed}"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
@@ -29,7 +31,11 @@ REPORT_TO="${REPORT_TO:-wandb}"
 
 read -r -a LAUNCH_CMD <<< "${LAUNCHER}"
 
-"${LAUNCH_CMD[@]}" "${TRAIN_ENTRY}" \
+# shellcheck source=../dualspeed/switch.sh
+. ./scripts/dualspeed/switch.sh
+dualspeed_switch "$@"
+
+"${LAUNCH_CMD[@]}" "${TRAIN_ENTRY}" "${DUALSPEED_ARGS[@]}" \
     --deepspeed "${DEEPSPEED_CONFIG}" \
     --model_name_or_path "${MODEL_NAME_OR_PATH}" \
     --version v1 \

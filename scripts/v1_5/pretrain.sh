@@ -11,6 +11,7 @@
 #   LAUNCHER               [deepspeed]  e.g. "deepspeed --num_gpus 2" or "python"
 #   TRAIN_ENTRY            [llava/train/train_mem.py]
 #   REPORT_TO              [wandb]
+# DualSpeed: DUALSPEED=1 or a --dualspeed flag switches it on (scripts/dualspeed/switch.sh).
 # Extra arguments are appended last and override the flags below, e.g. `--per_device_train_batch_size 16`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -20,6 +21,7 @@ VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
 PRETRAIN_DATA_PATH="${PRETRAIN_DATA_PATH:-./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}"
 PRETRAIN_IMAGE_FOLDER="${PRETRAIN_IMAGE_FOLDER:-./playground/data/LLaVA-Pretrain/images}"
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-13b-pretrain}"
+DEEPSPEED_CONFIG_SET_BY_USER="${DEEPSPEED_CONFIG+1}"
 DEEPSPEED_CONFIG="${DEEPSPEED_CONFIG-./scripts/zero2.json}"
 LAUNCHER="${LAUNCHER:-deepspeed}"
 TRAIN_ENTRY="${TRAIN_ENTRY:-llava/train/train_mem.py}"
@@ -27,7 +29,11 @@ REPORT_TO="${REPORT_TO:-wandb}"
 
 read -r -a LAUNCH_CMD <<< "${LAUNCHER}"
 
-"${LAUNCH_CMD[@]}" "${TRAIN_ENTRY}" \
+# shellcheck source=../dualspeed/switch.sh
+. ./scripts/dualspeed/switch.sh
+dualspeed_switch "$@"
+
+"${LAUNCH_CMD[@]}" "${TRAIN_ENTRY}" "${DUALSPEED_ARGS[@]}" \
     --deepspeed "${DEEPSPEED_CONFIG}" \
     --model_name_or_path "${MODEL_NAME_OR_PATH}" \
     --version plain \
