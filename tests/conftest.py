@@ -31,3 +31,11 @@ def tiny_tokenizer(tiny_tokenizer_path):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path)
     tok.pad_token = tok.unk_token
     return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory):
+    """The tiny offline assets (models + data) built once per session by scripts/build_tiny_assets.py."""
+    from scripts.build_tiny_assets import build_all
+
+    return build_all(str(tmp_path_factory.mktemp("tiny")))

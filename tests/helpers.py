@@ -1,7 +1,13 @@
-"""Small builders shared by tests: an in-memory tiny LlavaLlamaForCausalLM around a tiny CLIP folder."""
+"""Shared test helpers: an in-memory tiny LlavaLlamaForCausalLM, and the runner of the upstream-style scripts."""
+import os
+import subprocess
+import sys
 import types
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
 
 
 def build_tiny_clip(folder):
@@ -23,3 +29,23 @@ def make_tiny_llava(vision_path, merge="flat", vocab=64, hidden=32, **config):
     for k, v in config.items():
         setattr(model.config, k, v)
     return model
+
+
+TINY_FLAGS = ["--per_device_train_batch_size", "4", "--max_steps", "3", "--bf16", "False",
+              "--dataloader_num_workers", "0", "--model_max_length", "1024", "--save_steps", "1000"]
+
+
+def run_script(script, assets, out_dir, launcher=None, deepspeed="", extra=(), **env_overrides):
+    env = dict(os.environ)
+    env.update(
+        MODEL_NAME_OR_PATH=assets["model"], VISION_TOWER=assets["vision_tower"],
+        PRETRAIN_DATA_PATH=assets["pretrain_data"], PRETRAIN_IMAGE_FOLDER=assets["pretrain_images"],
+        DATA_PATH=assets["finetune_data"], IMAGE_FOLDER=assets["image_folder"], OUTPUT_DIR=str(out_dir),
+        LAUNCHER=launcher or sys.executable, DEEPSPEED_CONFIG=deepspeed, REPORT_TO="none",
+        PATH=BIN + os.pathsep + env.get("PATH", ""), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        **env_overrides)
+    cmd = ["bash", os.path.join(ROOT, "scripts", "v1_5", script), *TINY_FLAGS, *extra]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc

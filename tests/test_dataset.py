@@ -110,14 +110,14 @@ def test_image_sample_without_image_token(tmp_path, tokenizer, processor, an_ima
 def test_sample_longer_than_model_max_length(tmp_path, tokenizer, processor, an_image, v1_template):
     from llava.train.dataset import DataError
 
-    tokenizer.model_max_length = 600  # 576 image tokens leave ~24 for text
-    long_question = "<image>\n" + "describe the red circle on the left " * 10
+    tokenizer.model_max_length = 700  # 576 image tokens + the system prompt leave ~80 for the conversation
+    long_question = "<image>\n" + "describe the red circle on the left " * 20
     ds = make_dataset(tmp_path, [qa(long_question, "Red.", an_image, "too-long"),
-                                 qa("<image>\nColor?", "red " * 40, an_image, "long-answer")], tokenizer, processor)
-    with pytest.raises(DataError, match=r"too-long.*longer than model_max_length=600"):
+                                 qa("<image>\nColor?", "red " * 200, an_image, "long-answer")], tokenizer, processor)
+    with pytest.raises(DataError, match=r"too-long.*longer than model_max_length=700"):
         ds[0]
     item = ds[1]  # only the end of the answer is cut: kept, truncated later by the collator, and counted
-    assert 1 in ds.truncated and item["input_ids"].numel() > 24
+    assert 1 in ds.truncated and item["input_ids"].numel() + 575 > 700
 
 
 def test_empty_answer_is_an_error_not_a_zero_loss(tmp_path, tokenizer, processor, an_image, v1_template):

@@ -1,36 +1,12 @@
 """The real pipeline on the tiny assets: upstream's shell scripts -> train() -> checkpoints -> load -> generate."""
 import os
-import subprocess
-import sys
-import types
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from tests.helpers import BIN, ROOT, run_script
 
 pytestmark = pytest.mark.slow
-
-TINY_FLAGS = ["--per_device_train_batch_size", "4", "--max_steps", "3", "--bf16", "False",
-              "--dataloader_num_workers", "0", "--model_max_length", "1024", "--save_steps", "1000"]
-
-
-def run_script(script, assets, out_dir, launcher=None, deepspeed="", extra=(), **env_overrides):
-    env = dict(os.environ)
-    env.update(
-        MODEL_NAME_OR_PATH=assets["model"], VISION_TOWER=assets["vision_tower"],
-        PRETRAIN_DATA_PATH=assets["pretrain_data"], PRETRAIN_IMAGE_FOLDER=assets["pretrain_images"],
-        DATA_PATH=assets["finetune_data"], IMAGE_FOLDER=assets["image_folder"], OUTPUT_DIR=str(out_dir),
-        LAUNCHER=launcher or sys.executable, DEEPSPEED_CONFIG=deepspeed, REPORT_TO="none",
-        PATH=BIN + os.pathsep + env.get("PATH", ""), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-        **env_overrides)
-    cmd = ["bash", os.path.join(ROOT, "scripts", "v1_5", script), *TINY_FLAGS, *extra]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
-    return proc
-
 
 @pytest.fixture(scope="module")
 def pretrain_dir(tiny_assets, tmp_path_factory):
