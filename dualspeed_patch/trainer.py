@@ -43,7 +43,9 @@ def choose_mode(trainer, model, args) -> tuple:
     micro = tracker[1]
     tracker[1] += 1
     seed = args.slow_mode_seed if args.slow_mode_seed is not None else int(trainer.args.seed)
-    pruner_seed = int(schedule.uniform(seed + 1, step, micro) * 2 ** 31)
+    # Stochastic pruners (random) draw a new subset every micro-batch, different on every rank.
+    rank = int(getattr(trainer.args, "process_index", 0))
+    pruner_seed = int(schedule.uniform(seed * 1009 + rank + 1, step, micro) * 2 ** 31)
     if _llm_frozen(trainer, model) and args.pretrain_mode != "fast_slow":
         return (context.FULL if args.pretrain_mode == "full" else context.FAST), step, micro, pruner_seed
     slow = schedule.is_slow(seed, step, micro, args.slow_mode_ratio)

@@ -43,7 +43,8 @@ from __future__ import annotations
 import torch
 
 from . import common
-from .common import check_features, check_token_signal, l2_normalize, row_gather, sort_indices
+from .common import (check_features, check_token_signal, l2_normalize, row_gather, serial_on_cpu,
+                     sort_indices)
 
 __all__ = ["select", "compute_relevance", "greedy_map", "DEFAULT_EPS"]
 
@@ -141,6 +142,11 @@ def greedy_map(kernel: torch.Tensor, k: int, fallback: torch.Tensor | None = Non
 
     Returns: (B, k) int64, distinct per row, in the order chosen (not sorted).
     """
+    with serial_on_cpu(kernel.device):
+        return _greedy_map(kernel, k, fallback, eps)
+
+
+def _greedy_map(kernel, k, fallback, eps):
     B, N, _ = kernel.shape
     diag = kernel.diagonal(dim1=1, dim2=2)
     gain = diag.clone()                                             # d2, (B, N)
@@ -202,6 +208,10 @@ def select(features: torch.Tensor, k: int, *, relevance: torch.Tensor | None = N
     unit, norm = l2_normalize(features, return_norm=True)           # fp32
     if relevance is not None:
         r = check_token_signal(relevance, "relevance", B, N, device, "cdpruner")
+        # L_ii = r_i**2 would rank a negative relevance like a positive one: refuse it.
+        if common.CHECK_FINITE and bool((r < 0).any()):
+            raise ValueError("cdpruner: signal 'relevance' must be >= 0 (larger = more relevant); "
+                             "shift or min-max normalise it first")
     elif text_embeds is not None:
         r = _relevance(unit, text_embeds, text_mask, relevance_sign)
     else:

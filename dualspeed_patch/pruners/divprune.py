@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_features, cosine_gram, row_gather, sort_indices
+from .common import check_features, cosine_gram, row_gather, serial_on_cpu, sort_indices
 
-__all__ = ["select"]
+__all__ = ["select", "greedy_max_min"]
 
 
 @torch.no_grad()
@@ -44,17 +44,26 @@ def select(features: torch.Tensor, k: int, **signals) -> torch.Tensor:
         k: tokens to keep, ``1 <= k <= N``.
         **signals: ignored (DivPrune needs none).
     """
-    B, N, _, k = check_features(features, k, "divprune")
-    sim = cosine_gram(features)                           # (B, N, N), fp32
+    _, _, _, k = check_features(features, k, "divprune")
+    return sort_indices(greedy_max_min(cosine_gram(features), k))
+
+
+@torch.no_grad()
+def greedy_max_min(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """The greedy on a batch of cosine-similarity matrices; picks (B, k) in selection order.
+
+    ``sim`` (B, N, N) fp32 is used as scratch: its diagonal is overwritten (with +inf).
+    """
     diag = sim.diagonal(dim1=1, dim2=2)
     diag.fill_(float("-inf"))
     nearest = sim.amax(dim=2)                             # max_{j != i} c_ij = 1 - nearest distance
     diag.fill_(float("inf"))                              # from now on: marks chosen tokens
-    j = nearest.argmin(dim=1)                             # the most isolated token, (B,)
-    picks = [j]
-    closest = row_gather(sim, j)                          # new (B, N) tensor; +inf at j
-    for _ in range(k - 1):
-        j = closest.argmin(dim=1)                         # farthest from the chosen set
-        picks.append(j)
-        torch.maximum(closest, row_gather(sim, j), out=closest)
-    return sort_indices(torch.stack(picks, dim=1))
+    with serial_on_cpu(sim.device):
+        j = nearest.argmin(dim=1)                         # the most isolated token, (B,)
+        picks = [j]
+        closest = row_gather(sim, j)                      # new (B, N) tensor; +inf at j
+        for _ in range(k - 1):
+            j = closest.argmin(dim=1)                     # farthest from the chosen set
+            picks.append(j)
+            torch.maximum(closest, row_gather(sim, j), out=closest)
+        return torch.stack(picks, dim=1)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import MissingSignalError, check_features, check_token_signal, sort_indices
+from .common import (MissingSignalError, check_features, check_token_signal, serial_on_cpu,
+                     sort_indices)
 
 __all__ = ["select", "clip_cls_attention"]
 
@@ -46,9 +47,10 @@ def select(features: torch.Tensor, k: int, *, cls_attention: torch.Tensor | None
     if cls_attention is None:
         raise MissingSignalError(f"fastervlm requires the signal 'cls_attention' (B, N): {_HOW}")
     scores = check_token_signal(cls_attention, "cls_attention", B, N, features.device, "fastervlm")
-    # A stable descending sort gives a deterministic tie order (lowest index first); topk does not.
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return sort_indices(order[:, :k])
+    with serial_on_cpu(scores.device):
+        # A stable descending sort gives a deterministic tie order (lowest index first); topk does not.
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        return sort_indices(order[:, :k])
 
 
 def _linear_fp32(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

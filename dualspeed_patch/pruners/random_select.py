@@ -18,9 +18,11 @@ features' device, so the result for a given seed does not depend on the device.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 
-from .common import check_features, sort_indices
+from .common import check_features, serial_on_cpu, sort_indices
 
 __all__ = ["select", "DEFAULT_SEED"]
 
@@ -47,10 +49,16 @@ def select(features: torch.Tensor, k: int, *, generator: torch.Generator | None 
     else:
         if seed is None:
             seed = DEFAULT_SEED
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"random: seed must be an int, got {type(seed).__name__}")
+        try:
+            if isinstance(seed, bool):
+                raise TypeError
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"random: seed must be an int, got {type(seed).__name__}") from None
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed)
-    u = torch.rand(B, N, generator=generator, device=generator.device)
-    idx = torch.topk(u, k, dim=1, sorted=False).indices
-    return sort_indices(idx).to(features.device)
+    with serial_on_cpu(generator.device):
+        u = torch.rand(B, N, generator=generator, device=generator.device)
+        idx = torch.topk(u, k, dim=1, sorted=False).indices
+        idx = sort_indices(idx)
+    return idx.to(features.device)
