@@ -67,6 +67,17 @@ def test_lora_finetune_then_load_and_generate(pretrain_dir, tiny_assets, tmp_pat
     assert not any("lora_" in n for n, _ in model.named_parameters())  # merged
     assert isinstance(_generate(out, tiny_assets["model"], _an_image(tiny_assets)), str)
 
+    # scripts/merge_lora_weights.py writes a full checkpoint that loads without a base and answers the same.
+    from scripts.merge_lora_weights import main as merge_main
+
+    merged = tmp_path / "llava-tiny-merged"
+    merge_main(["--model-path", str(out), "--model-base", tiny_assets["model"], "--save-model-path", str(merged)])
+    tok2, model2, _, _ = load_pretrained_model(str(merged), None, "llava-tiny-merged", device="cpu")
+    for (name, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        if "vision_tower" not in name:
+            torch.testing.assert_close(a, b, msg=name)
+    assert _generate(merged, None, _an_image(tiny_assets)) == _generate(out, tiny_assets["model"], _an_image(tiny_assets))
+
 
 def test_full_finetune_then_load(pretrain_dir, tiny_assets, tmp_path):
     out = tmp_path / "llava-tiny-full"
@@ -78,6 +89,22 @@ def test_full_finetune_then_load(pretrain_dir, tiny_assets, tmp_path):
     tok, model, proc, ctx = load_pretrained_model(str(out), None, "llava-tiny-full", device="cpu")
     assert model.get_vision_tower().is_loaded and proc is not None
     assert isinstance(_generate(out, None, _an_image(tiny_assets)), str)
+
+    # scripts/extract_mm_projector.py pulls the projector out of the full checkpoint.
+    from scripts.extract_mm_projector import main as extract_main
+
+    extract_main(["--model-path", str(out), "--output", str(tmp_path / "projector.bin")])
+    projector = torch.load(tmp_path / "projector.bin", weights_only=True)
+    torch.testing.assert_close(projector["model.mm_projector.0.weight"], model.get_model().mm_projector[0].weight)
+
+    # llava.serve.cli: a two-turn chat from scripted input.
+    from llava.serve.cli import build_parser, main as cli_main
+
+    turns = iter(["What color is the shape?", "And its shape?", ""])
+    replies = cli_main(build_parser().parse_args(["--model-path", str(out), "--image-file", _an_image(tiny_assets),
+                                                  "--device", "cpu", "--temperature", "0", "--max-new-tokens", "3",
+                                                  "--conv-mode", "vicuna_v1"]), read=lambda prompt: next(turns))
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
