@@ -32,19 +32,6 @@ def _text_of(message: Any) -> str:
     return message
 
 
-def _expand_to_square(pil_img, background_color):
-    """Paste ``pil_img`` centred on a square canvas of ``background_color``."""
-    from PIL import Image
-
-    width, height = pil_img.size
-    if width == height:
-        return pil_img
-    side = max(width, height)
-    canvas = Image.new(pil_img.mode, (side, side), background_color)
-    canvas.paste(pil_img, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
 @dataclasses.dataclass
 class Conversation:
     """Conversation history plus the template used to render it."""
@@ -211,7 +198,9 @@ class Conversation:
                       max_len=1344, min_len=672):
         """Prepare an uploaded PIL image: pad/crop/resize by mode, cap its size, optionally base64 it."""
         if image_process_mode == "Pad":
-            image = _expand_to_square(image, (122, 116, 104))
+            from llava.mm_utils import expand2square  # lazy: mm_utils pulls in transformers
+
+            image = expand2square(image, (122, 116, 104))
         elif image_process_mode in ("Default", "Crop"):
             pass
         elif image_process_mode == "Resize":

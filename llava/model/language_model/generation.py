@@ -5,7 +5,23 @@ import torch
 
 
 class LlavaGenerationMixin:
-    """Put first in the bases: it wraps the LM's forward/generate with the image splice."""
+    """Put first in the bases: it wraps the LM's forward/generate with the image splice, and holds what every
+    LLaVA causal-LM class shares."""
+
+    # Keep LLaVA's per-micro-batch mean loss: with loss kwargs the Trainer would switch to sum/num_items.
+    accepts_loss_kwargs = False
+    # The tower is built with delay_load and filled from its own CLIP folder, as upstream does.
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\."]
+
+    def get_model(self):
+        return self.model
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        newline = getattr(module, "image_newline", None) if hasattr(module, "get_vision_tower") else None
+        if newline is not None:
+            newline.normal_(0.0, module.config.hidden_size ** -0.5)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,

@@ -1,7 +1,6 @@
 """LlavaMistralForCausalLM: LLaVA on a Mistral LM (LLaVA-1.6-Mistral)."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, MistralConfig, MistralForCausalLM, MistralModel
 from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
@@ -23,9 +22,6 @@ class LlavaMistralModel(LlavaMetaModel, MistralModel):
 
 class LlavaMistralForCausalLM(LlavaGenerationMixin, MistralForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaMistralConfig
-    accepts_loss_kwargs = False
-    # The tower is built with delay_load and filled from its own CLIP folder, as upstream does.
-    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\."]
 
     def __init__(self, config):
         MistralPreTrainedModel.__init__(self, config)
@@ -33,15 +29,6 @@ class LlavaMistralForCausalLM(LlavaGenerationMixin, MistralForCausalLM, LlavaMet
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_model(self):
-        return self.model
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, LlavaMetaModel) and getattr(module, "image_newline", None) is not None:
-            module.image_newline.normal_(0.0, module.config.hidden_size ** -0.5)
 
 
 AutoConfig.register("llava_mistral", LlavaMistralConfig, exist_ok=True)
