@@ -8,7 +8,7 @@ Written for transformers 5.x:
 * With LoRA, every intermediate ``checkpoint-N/`` also gets ``non_lora_trainables.bin`` and ``config.json``
   so that it can be evaluated or resumed without losing the projector (upstream issue #1200).
 
-Extension points for packages built on top (e.g. DualSpeed):
+Extension points for packages built on top:
 
 * ``LLaVATrainer.projector_param_keys``: name substrings that put a parameter into the
   ``mm_projector_lr`` param groups.
@@ -115,7 +115,7 @@ def find_all_linear_names(model: nn.Module) -> List[str]:
     """Leaf names of the ``nn.Linear`` modules LoRA should target (``lm_head`` and multimodal parts excluded).
 
     The exclusion list is read from the module-level ``MULTIMODAL_KEYWORDS`` at call time, so another
-    package can extend it (``llava_trainer.MULTIMODAL_KEYWORDS += ("mode_isolator",)``).
+    package can extend it (``llava_trainer.MULTIMODAL_KEYWORDS += ("my_module",)``).
     """
     excluded = tuple(MULTIMODAL_KEYWORDS)
     names = set()
