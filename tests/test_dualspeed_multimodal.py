@@ -181,3 +181,16 @@ def test_missing_isolator_is_a_clear_error(vision_path):
     ids, mask, labels, images = batch()
     with pytest.raises(RuntimeError, match="mode_isolator"):
         merge(model, fast(iso=True), ids, mask, labels, images)
+
+
+def test_bf16_forward_backward_full_and_fast(vision_path):
+    """bf16 weights end to end (tower, projector, isolator, LLM): no dtype mismatch in either mode."""
+    model = model_with_isolator(vision_path).to(torch.bfloat16).train()
+    ids, mask, labels, images = batch()
+    images = images.to(torch.bfloat16)
+    full = model(input_ids=ids, attention_mask=mask, labels=labels, images=images).loss
+    with context.mode(fast()):
+        fast_loss = model(input_ids=ids, attention_mask=mask, labels=labels, images=images).loss
+    (full + fast_loss).backward()
+    assert torch.isfinite(full) and torch.isfinite(fast_loss)
+    assert isolator.get(model).weight.grad.dtype == torch.bfloat16
