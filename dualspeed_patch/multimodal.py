@@ -53,7 +53,10 @@ def _pruned_merge(model, original, state, input_ids, position_ids, attention_mas
 
     true_labels = _true_labels(tags_out, labels)
     state.extras["full_labels"] = true_labels
-    spans = _image_spans(tags_out, mask_full)
+    # One device-to-host copy per batch: span boundaries and each sample's valid range drive the repack.
+    host = torch.stack([tags_out == IGNORE_INDEX, mask_full]).cpu()
+    spans = _image_spans(host[0] & host[1])
+    bounds = _valid_bounds(host[1])
     keep = _select(model, spec, embeds, spans, true_labels, mask_full, cls_capture, input_ids, mask_in)
     state.visual_total += sum(e - s for row in spans for s, e in row)
     state.visual_kept += sum(len(k) for k in keep.values())
@@ -68,13 +71,13 @@ def _pruned_merge(model, original, state, input_ids, position_ids, attention_mas
 
     if spec.mode == context.SLOW:
         # Teacher input: the pruned sequence built from the same (detached) features; no second vision pass.
-        p_embeds, p_labels, p_mask, p_pos = _repack(model, embeds.detach(), true_labels, mask_full, spans, keep,
+        p_embeds, p_labels, p_mask, p_pos = _repack(model, embeds.detach(), true_labels, bounds, spans, keep,
                                                     None if iso is None else iso.detach())
         state.pruned = (p_pos, p_mask, p_embeds, p_labels)
         return (None, pos_full if position_ids is not None else None,
                 _out_mask(mask_full, attention_mask), pkv, embeds, true_labels if labels is not None else None)
 
-    new_embeds, new_labels, new_mask, new_pos = _repack(model, embeds, true_labels, mask_full, spans, keep, iso)
+    new_embeds, new_labels, new_mask, new_pos = _repack(model, embeds, true_labels, bounds, spans, keep, iso)
     return (None, new_pos if position_ids is not None else None, _out_mask(new_mask, attention_mask), pkv,
             new_embeds, new_labels if labels is not None else None)
 
@@ -86,18 +89,24 @@ def _out_mask(mask, caller_mask):
 
 
 def _true_labels(tags_out, labels):
-    """Map position tags back to the caller's labels (IGNORE for image and padding positions)."""
-    text = tags_out >= 0
-    out = torch.full_like(tags_out, IGNORE_INDEX)
-    if labels is not None:
-        rows = torch.arange(tags_out.shape[0], device=tags_out.device).unsqueeze(1).expand_as(tags_out)
-        out[text] = labels[rows[text], tags_out[text]]
+    """Map position tags back to the caller's labels (IGNORE for image and padding positions), without a sync."""
+    if labels is None:
+        return torch.full_like(tags_out, IGNORE_INDEX)
+    gathered = labels.gather(1, tags_out.clamp(min=0))
+    return torch.where(tags_out >= 0, gathered, torch.full_like(gathered, IGNORE_INDEX))
+
+
+def _valid_bounds(mask_host):
+    """Per sample, [first, last + 1) of its real tokens (they are contiguous under either padding side)."""
+    out = []
+    for row in mask_host:
+        idx = torch.nonzero(row).flatten()
+        out.append((int(idx[0]), int(idx[-1]) + 1) if idx.numel() else (0, 0))
     return out
 
 
-def _image_spans(tags_out, mask):
-    """Per sample, the [start, end) runs of image positions."""
-    is_image = ((tags_out == IGNORE_INDEX) & mask).cpu()
+def _image_spans(is_image):
+    """Per sample, the [start, end) runs of image positions (a host tensor)."""
     spans = []
     for row in is_image:
         idx = torch.nonzero(row).flatten()
@@ -138,12 +147,11 @@ def _select(model, spec, embeds, spans, true_labels, mask, cls_capture, input_id
     return keep
 
 
-def _repack(model, embeds, true_labels, mask, spans, keep, iso):
+def _repack(model, embeds, true_labels, bounds, spans, keep, iso):
     """Rebuild each sample as text + [isolator; kept image tokens] + text, then pad as the fork does."""
     pieces, piece_labels = [], []
     for b, row in enumerate(spans):
-        valid = torch.nonzero(mask[b]).flatten()
-        start, end = int(valid[0]), int(valid[-1]) + 1
+        start, end = bounds[b]
         seq, lab = [], []
         cursor = start
         for j, (s, e) in enumerate(row):
