@@ -580,3 +580,55 @@ def test_score_files_from_scorers_feed_the_summary(tmp_path):
     rows = summarize.main(["--runs", f"a={tmp_path / 'scores' / 'a'}", f"b={tmp_path / 'scores' / 'b'}"])
     assert rows[1]["GQA"] == pytest.approx(200 / 3)
     assert rows[1]["Avg. rel. (%)"] == pytest.approx(200 / 3)
+
+
+def test_summarize_eval_dir_layout_by_hand(tmp_path, capsys):
+    # The eval scripts' layout: <EVAL_DIR>/<bench>/scores/<NAME>.score.json, one run = one NAME.
+    ev = tmp_path / "eval"
+    full, pruned = "llava-v1.5-7b", "llava-v1.5-7b_pruned-divprune-r0.9"
+    _score(ev / "gqa" / "scores" / f"{full}.score.json", "GQA", 62.0)
+    _score(ev / "pope" / "scores" / f"{full}.score.json", "POPE", 86.0)
+    _score(ev / "MME" / "scores" / f"{full}.score.json", "MME", 1500.0)
+    _score(ev / "textvqa" / "scores" / f"{full}.score.json", "TextVQA", 58.0)
+    _score(ev / "gqa" / "scores" / f"{pruned}.score.json", "GQA", 55.8)
+    _score(ev / "pope" / "scores" / f"{pruned}.score.json", "POPE", 77.4)
+    _score(ev / "MME" / "scores" / f"{pruned}.score.json", "MME", 1350.0)
+    _score(ev / "seed_bench" / "scores" / f"{pruned}.score.json", "SEED", 50.0)    # the full run has no SEED
+    # not part of either run: another NAME, a file outside <bench>/scores/, one nested below it
+    _score(ev / "gqa" / "scores" / f"{pruned}-noiso.score.json", "GQA", 1.0)
+    _score(ev / "gqa" / "answers" / f"{full}.score.json", "GQA", 1.0)
+    _score(ev / "sqa" / "scores" / "old" / f"{full}.score.json", "SQA-IMG", 1.0)
+    assert summarize.eval_dir_score_files(str(ev), full) == sorted(
+        str(ev / b / "scores" / f"{full}.score.json") for b in ("gqa", "pope", "MME", "textvqa"))
+    # pruned vs full over the shared GQA, POPE, MME (TextVQA only in full, SEED only in pruned):
+    #   55.8/62 = 90%, 77.4/86 = 90%, 1350/1500 = 90%  -> mean 90%
+    rows = summarize.main(["--eval-dir", str(ev), "--runs", full, pruned])
+    by_run = {r["run"]: r for r in rows}
+    assert by_run[full]["Avg. rel. (%)"] == pytest.approx(100.0)
+    assert by_run[full]["avg_over"] == ["GQA", "TextVQA", "POPE", "MME"]
+    assert by_run[pruned]["Avg. rel. (%)"] == pytest.approx(90.0)
+    assert by_run[pruned]["avg_over"] == ["GQA", "POPE", "MME"]
+    assert by_run[full]["SQA-IMG"] is None and by_run[pruned]["SEED"] == 50.0
+    text = capsys.readouterr().out
+    assert f"| {full} (baseline) | – | 62.0 | – | 58.0 | 86.0 | 1500.0 | – | – | – | 100.0 |" in text
+    assert f"| {pruned} | – | 55.8 | – | – | 77.4 | 1350.0 | – | – | 50.0 | 90.0 |" in text
+
+    # LABEL=NAME with --eval-dir, and the baseline by label: full vs pruned = 62/55.8, 86/77.4, 1500/1350
+    # = 111.11% each -> 111.11%
+    rows = summarize.main(["--eval-dir", str(ev), "--runs", f"full={full}", f"ours={pruned}", "--baseline", "ours"])
+    assert [r["run"] for r in rows] == ["full", "ours"]
+    assert rows[0]["Avg. rel. (%)"] == pytest.approx(1000 / 9)
+    assert rows[1]["Avg. rel. (%)"] == pytest.approx(100.0)
+    capsys.readouterr()
+
+    # the NAME=PATH form still works, and gives the same numbers as the eval-dir form for a score file
+    rows = summarize.main(["--runs", f"a={ev / 'gqa' / 'scores' / f'{full}.score.json'}",
+                           f"b={ev / 'gqa' / 'scores' / f'{pruned}.score.json'}"])
+    assert rows[1]["Avg. rel. (%)"] == pytest.approx(90.0)
+    capsys.readouterr()
+
+    with pytest.raises(FileNotFoundError, match="no score file"):               # a NAME without score files
+        summarize.main(["--eval-dir", str(ev), "--runs", full, "no-such-run"])
+    with pytest.raises(SystemExit):                                              # a bare NAME needs --eval-dir
+        summarize.main(["--runs", full])
+    assert "needs --eval-dir" in capsys.readouterr().err

@@ -4,6 +4,9 @@ Usage:
     python -m llava.eval.summarize \
         --runs llava-v1.5-7b=./scores/llava-v1.5-7b ours=./scores/ours \
         --baseline llava-v1.5-7b --out-md summary.md --out-csv summary.csv
+    # straight from the eval scripts' layout, <EVAL_DIR>/<bench>/scores/<NAME>.score.json:
+    python -m llava.eval.summarize --eval-dir ./playground/data/eval \
+        --runs llava-v1.5-7b pruned=llava-v1.5-7b_pruned-divprune-r0.9 --out-md summary.md
 
 Every scorer and converter of the evaluation pipeline accepts ``--score-file PATH`` and then writes one
 small JSON file (the *score file*)::
@@ -20,6 +23,12 @@ small JSON file (the *score file*)::
 ``--runs NAME=PATH``: PATH is a score file, or a directory searched recursively for ``*.score.json``. When a
 run has two score files for one benchmark the newer one (mtime) wins, with a warning.
 
+``--eval-dir DIR --runs NAME [LABEL=NAME ...]``: the layout the scripts in ``scripts/v1_5/eval`` write. A run
+is every ``DIR/*/scores/NAME.score.json`` (one per benchmark folder), NAME being the run's name in those
+scripts: the checkpoint name (CKPT), plus ``_pruned-<method>-r<ratio>[-noiso]`` for a pruned run. The row is
+labelled NAME, or LABEL when given. With ``--eval-dir`` every ``--runs`` value is such a NAME (not a PATH); a
+NAME without any score file is an error.
+
 One row per run, one column per benchmark, plus "Avg. rel. (%)": the mean over benchmarks of
 score / baseline score * 100, taken over the benchmarks that both the run and the baseline have (MME enters
 with its Perception total, as papers report MME). A missing benchmark shows as "–" in
@@ -31,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import glob
 import json
 import os
 import sys
@@ -41,7 +51,8 @@ AVG_COLUMN = "Avg. rel. (%)"
 MISSING = "–"
 SCORE_SUFFIX = ".score.json"
 
-__all__ = ["BENCHMARKS", "write_score_file", "load_run", "summarize", "main"]
+__all__ = ["BENCHMARKS", "write_score_file", "load_run", "eval_dir_score_files", "load_eval_dir_run",
+           "summarize", "main"]
 
 
 def write_score_file(path: Optional[str], benchmark: str, metric: str, score: float, n: int, official: bool,
@@ -79,10 +90,31 @@ def _score_files(path: str) -> List[str]:
     return sorted(found)
 
 
+def eval_dir_score_files(eval_dir: str, name: str) -> List[str]:
+    """The score files of run NAME in the eval scripts' layout: ``eval_dir/*/scores/NAME.score.json``."""
+    pattern = os.path.join(glob.escape(eval_dir), "*", "scores", glob.escape(name) + SCORE_SUFFIX)
+    return sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+
+
+def load_eval_dir_run(eval_dir: str, name: str) -> Dict[str, dict]:
+    """benchmark -> score record of run NAME under ``eval_dir`` (see :func:`eval_dir_score_files`)."""
+    if not os.path.isdir(eval_dir):
+        raise FileNotFoundError(f"no such eval directory: {eval_dir}")
+    files = eval_dir_score_files(eval_dir, name)
+    if not files:
+        raise FileNotFoundError(f"run {name!r}: no score file "
+                                f"{os.path.join(eval_dir, '*', 'scores', name + SCORE_SUFFIX)}")
+    return _load_score_files(files)
+
+
 def load_run(path: str) -> Dict[str, dict]:
     """benchmark -> score record, from a score file or a directory tree of them."""
+    return _load_score_files(_score_files(path))
+
+
+def _load_score_files(files: Sequence[str]) -> Dict[str, dict]:
     chosen: Dict[str, Tuple[float, str, dict]] = {}
-    for file in _score_files(path):
+    for file in files:
         with open(file) as f:
             data = json.load(f)
         records = data if isinstance(data, list) else [data]
@@ -174,19 +206,26 @@ def write_csv(rows: List[dict], path: str) -> None:
             writer.writerow(values)
 
 
-def _parse_run(spec: str) -> Tuple[str, str]:
+def _parse_run(spec: str) -> Tuple[str, Optional[str]]:
+    """``LABEL=VALUE`` -> (LABEL, VALUE); a bare ``NAME`` -> (NAME, None) (only valid with --eval-dir)."""
     if "=" not in spec:
-        raise argparse.ArgumentTypeError(f"--runs expects NAME=PATH, got {spec!r}")
-    name, path = spec.split("=", 1)
-    if not name:
-        raise argparse.ArgumentTypeError(f"--runs expects NAME=PATH, got {spec!r}")
-    return name, path
+        if not spec:
+            raise argparse.ArgumentTypeError("--runs got an empty run")
+        return spec, None
+    name, value = spec.split("=", 1)
+    if not name or not value:
+        raise argparse.ArgumentTypeError(f"--runs expects NAME=PATH (or, with --eval-dir, NAME or "
+                                         f"LABEL=NAME), got {spec!r}")
+    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Summarise the benchmark scores of several runs.")
-    p.add_argument("--runs", nargs="+", type=_parse_run, required=True, metavar="NAME=PATH",
-                   help="run name and a score file or a directory holding *.score.json files")
+    p.add_argument("--runs", nargs="+", type=_parse_run, required=True, metavar="RUN",
+                   help="NAME=PATH: run name and a score file or a directory holding *.score.json files; "
+                        "with --eval-dir: NAME or LABEL=NAME, the run being EVAL_DIR/*/scores/NAME.score.json")
+    p.add_argument("--eval-dir", default=None, metavar="DIR",
+                   help="the eval scripts' EVAL_DIR (e.g. ./playground/data/eval): --runs then names runs in it")
     p.add_argument("--baseline", default=None, help="run the relative average refers to (default: the first)")
     p.add_argument("--out-md", default=None, help="write the Markdown table here")
     p.add_argument("--out-csv", default=None, help="write the CSV table here")
@@ -194,12 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.eval_dir is None:
+        bare = [name for name, value in args.runs if value is None]
+        if bare:
+            parser.error(f"--runs {' '.join(bare)}: a bare run NAME needs --eval-dir; without it use NAME=PATH")
     names = [n for n, _ in args.runs]
     if len(set(names)) != len(names):
         raise SystemExit(f"duplicate run names in --runs: {names}")
     baseline = args.baseline or names[0]
-    runs = [(name, load_run(path)) for name, path in args.runs]
+    if args.eval_dir is None:
+        runs = [(name, load_run(path)) for name, path in args.runs]
+    else:
+        runs = [(label, load_eval_dir_run(args.eval_dir, label if value is None else value))
+                for label, value in args.runs]
     rows = summarize(runs, baseline)
     md = to_markdown(rows, baseline)
     print(md, end="")
