@@ -61,3 +61,86 @@ def test_colours_are_right_by_construction():
         image = render_scene(scene)
         for s in scene["shapes"]:
             assert image.getpixel(tuple(s["center"])) == SHAPE_COLORS[s["color"]]
+
+
+# ---- checks against the files on disk (JPEG round trip included), the processor, the CLI and env.sh ----
+def _nearest_colour(rgb):
+    return min(SHAPE_COLORS, key=lambda name: sum((a - b) ** 2 for a, b in zip(SHAPE_COLORS[name], rgb)))
+
+
+def _colour_at_shape_centre(path):
+    """Re-derive the shape colour of a one-shape image from its pixels alone."""
+    import numpy as np
+    from PIL import Image
+
+    px = np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
+    background = px[0, 0]
+    mask = np.abs(px - background).sum(-1) > 120
+    ys, xs = np.nonzero(mask)
+    cy, cx = int(ys.mean()), int(xs.mean())  # centroid of a convex shape lies inside it
+    patch = px[cy - 2:cy + 3, cx - 2:cx + 3].reshape(-1, 3).mean(0)
+    return _nearest_colour(patch)
+
+
+def test_answers_match_the_pixels_on_disk(tiny_assets):
+    with open(tiny_assets["finetune_data"]) as f:
+        records = json.load(f)
+    checked = 0
+    for r in records:
+        conv = r["conversations"]
+        for q, a in zip(conv[0::2], conv[1::2]):
+            if "What color is the shape?" in q["value"]:
+                path = os.path.join(tiny_assets["image_folder"], r["image"])
+                assert _colour_at_shape_centre(path) in a["value"].lower(), (r["id"], a["value"])
+                checked += 1
+    with open(tiny_assets["pretrain_data"]) as f:
+        for r in json.load(f):
+            caption = r["conversations"][1]["value"]
+            named = [c for c in SHAPE_COLORS if c in caption.split() or c + "." in caption.split()]
+            if len(named) == 1 and " and " not in caption:
+                path = os.path.join(tiny_assets["pretrain_images"], r["image"])
+                assert _colour_at_shape_centre(path) == named[0], (r["id"], caption)
+                checked += 1
+    assert checked >= 5
+
+
+def test_image_processor_gives_336_crops_without_torchvision(tiny_assets):
+    from PIL import Image
+    from transformers import AutoImageProcessor, CLIPImageProcessorPil
+
+    proc = CLIPImageProcessorPil.from_pretrained(tiny_assets["vision_tower"])
+    assert type(AutoImageProcessor.from_pretrained(tiny_assets["vision_tower"])).__name__ == "CLIPImageProcessorPil"
+    assert proc.crop_size["height"] == proc.crop_size["width"] == 336 and proc.size["shortest_edge"] == 336
+    wide = Image.new("RGB", (800, 400), (10, 200, 30))
+    assert proc.preprocess(wide, return_tensors="pt")["pixel_values"].shape == (1, 3, 336, 336)
+
+
+def test_rerun_is_skipped_when_the_marker_exists(tiny_assets):
+    import time
+
+    from scripts.build_tiny_assets import build_all
+
+    before = os.path.getmtime(tiny_assets["finetune_data"])
+    t0 = time.time()
+    assert build_all(tiny_assets["root"]) == tiny_assets
+    assert time.time() - t0 < 1.0
+    assert os.path.getmtime(tiny_assets["finetune_data"]) == before
+
+
+def test_cli_help_and_env_sh(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "scripts/build_tiny_assets.py", "--help"], cwd=repo,
+                         capture_output=True, text=True, check=True).stdout
+    for flag in ("--out", "--seed", "--num-pretrain", "--num-finetune", "--force"):
+        assert flag in out
+    env = subprocess.run(["bash", "-c", "source scripts/tiny/env.sh && env"], cwd=repo, capture_output=True,
+                         text=True, check=True, env={"PATH": os.environ["PATH"], "TINY_ROOT": "/x"}).stdout
+    got = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+    assert got["MODEL_NAME_OR_PATH"] == "/x/models/vicuna-tiny"
+    assert got["VISION_TOWER"] == "/x/models/clip-vit-tiny-patch14-336"
+    assert got["DATA_PATH"] == "/x/data/llava_v1_5_mix_tiny.json" and got["IMAGE_FOLDER"] == "/x/data"
+    assert got["PRETRAIN_DATA_PATH"] == "/x/data/LLaVA-Pretrain/blip_laion_cc_sbu_tiny.json"
+    assert got["PRETRAIN_IMAGE_FOLDER"] == "/x/data/LLaVA-Pretrain/images"
