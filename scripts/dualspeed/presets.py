@@ -1,0 +1,135 @@
+"""Presets of the offline reproduction driver (scripts/dualspeed/reproduce.py).
+
+A preset fixes what runs (tables, seeds), on what (toy task sizes, evaluation subset, model source) and how
+long (steps, batch sizes, learning rates). Every field can be overridden from the command line; see
+`python scripts/dualspeed/reproduce.py --help`.
+
+    quick   Table 2 (baseline / NaivePrune / DualSpeed; normal and pruned inference) plus the speed table,
+            1 seed: about 10 minutes on 2 CPU cores once the task and the models exist.
+    full    every table and figure (Tables 1-4, Figures 5 and 6), 3 seeds: hours on 2 CPU cores
+            (see docs/reproduce.md for the measured run time).
+    smoke   the reduced preset of the test suite: tiny untrained models, a few images, 2 training steps,
+            3 evaluation questions. Checks the plumbing, measures nothing.
+
+Seeds: the task (data) and the base models are fixed (`task_seed`, `model_seed`), as Vicuna, CLIP and the
+datasets are in the paper; a run's `--seed` drives what training draws (projector and LoRA init, data order,
+the fast/slow schedule, the random pruner), so the spread over seeds is the spread of training.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+# Tables and figures the driver knows (the order in which they are reported).
+ALL_TABLES: Tuple[str, ...] = ("table2", "speed", "table1", "table3", "table4", "fig5", "fig6")
+VTP_METHODS: Tuple[str, ...] = ("divprune", "cdpruner", "fastervlm", "random")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    tables: Tuple[str, ...]
+    seeds: Tuple[int, ...]
+    # --- data and models
+    models: str = "auto"                 # auto (toy if scripts/toy/models.py exists, else tiny) | toy | tiny
+    task_seed: int = 0
+    task_sizes: Dict[str, int] = field(default_factory=lambda: {"pretrain": 2000, "train": 2000, "val": 0,
+                                                                 "test": 500})
+    model_seed: int = 0
+    eval_per_type: Optional[int] = 20    # test questions per question type (None: all)
+    eval_limit: Optional[int] = None     # cap on the number of test questions (after the per-type pick)
+    # --- training (appended to scripts/v1_5/pretrain.sh and finetune_lora.sh; None: the script's default)
+    pretrain_steps: Optional[int] = 60   # --max_steps (None: --num_train_epochs pretrain_epochs)
+    pretrain_epochs: float = 1.0
+    pretrain_batch: int = 8
+    pretrain_lr: Optional[float] = 1e-3
+    sft_steps: Optional[int] = 60
+    sft_epochs: float = 1.0
+    sft_batch: int = 8
+    sft_lr: Optional[float] = 1e-3       # the 7B recipe's 2e-4 / 2e-5 learn the answer format too slowly
+    mm_projector_lr: Optional[float] = 2e-4  # for a toy LLM in a few dozen steps
+    lora_r: Optional[int] = 16           # the script's 128 is wider than a toy LLM
+    lora_alpha: Optional[int] = 32
+    model_max_length: int = 1024
+    logging_steps: int = 5
+    extra_train_flags: Tuple[str, ...] = ("--gradient_checkpointing", "False")
+    # --- DualSpeed (the paper's defaults)
+    vtp_method: str = "divprune"
+    pruning_ratio: float = 0.9
+    slow_mode_ratio: float = 0.1
+    isolator_len: int = 4
+    # --- evaluation
+    max_new_tokens: int = 3
+    eval_vtp_method: str = "divprune"
+    eval_pruning_ratio: float = 0.9
+    # --- sweeps (full preset)
+    vtp_methods: Tuple[str, ...] = VTP_METHODS
+    p_values: Tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
+    r_values: Tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
+    isolator_lens: Tuple[int, ...] = (0, 1, 2, 4, 8)
+    expected: str = ""                   # measured run time, for --help and the report
+
+    def replace(self, **changes) -> "Preset":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+QUICK = Preset(
+    name="quick",
+    description="Table 2 + speed, 1 seed",
+    tables=("table2", "speed"),
+    seeds=(0,),
+    eval_per_type=8,
+    pretrain_steps=20,
+    sft_steps=30,
+    expected="~10 min on 2 shared CPU cores, after a one-time build of the task and the toy models (~15 min)",
+)
+
+FULL = Preset(
+    name="full",
+    description="Tables 1-4 and Figures 5-6, 3 seeds",
+    tables=ALL_TABLES,
+    seeds=(0, 1, 2),
+    eval_per_type=30,
+    pretrain_steps=150,
+    sft_steps=150,
+    expected="several hours on 2 CPU cores (docs/reproduce.md); `--dry-run` prints the plan and an estimate",
+)
+
+SMOKE = Preset(
+    name="smoke",
+    description="reduced plumbing check for the test suite (tiny untrained models)",
+    tables=("table2", "speed"),
+    seeds=(0,),
+    models="tiny",
+    task_sizes={"pretrain": 8, "train": 8, "val": 0, "test": 4},
+    eval_per_type=1,
+    eval_limit=3,
+    pretrain_steps=2,
+    pretrain_batch=2,
+    sft_steps=2,
+    sft_batch=2,
+    lora_r=4,
+    lora_alpha=8,
+    logging_steps=1,
+    max_new_tokens=2,
+    expected="~2 min on 2 CPU cores",
+)
+
+PRESETS: Dict[str, Preset] = {p.name: p for p in (QUICK, FULL, SMOKE)}
+
+# Rough costs measured on the shared 2-core CPU machine with the toy models, for --dry-run's estimate only.
+COST = {
+    "train_startup_s": 10.0,         # python + imports + model load + save, per training run
+    "train_sample_s": 0.35,          # per sample (image) of training, toy models, plain or pruned, either stage
+    "eval_startup_s": 8.0,           # per evaluation process
+    "eval_question_s": 0.4,          # per question, greedy, 3 new tokens
+}
+
+
+def get(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise SystemExit(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None

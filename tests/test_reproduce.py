@@ -1,0 +1,268 @@
+"""The offline reproduction driver (scripts/dualspeed/reproduce.py).
+
+Fast: the plan (which cells share a pretraining run, which evaluations each cell gets), the statistics and
+the "does the effect show?" wording on synthetic cell JSONs, and --dry-run.
+Slow: the driver end to end on the reduced `smoke` preset (tiny models, 2 training steps, 3 questions)
+through the real scripts, then a rerun that is served from the cache.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scripts.dualspeed import presets
+from scripts.dualspeed import reproduce as rp
+from tests.helpers import BIN, ROOT
+
+TYPES = ("color", "shape", "count", "position", "glyph", "exists", "size")
+
+
+# ------------------------------------------------------------------------------------------- the plan
+class _Args:
+    launcher = "python"
+    deepspeed_config = ""
+    eval_device = "cpu"
+
+
+def _runner(P):
+    models = {"source": "x", "model": "/m/llm", "vision_tower": "/m/clip"}
+    return rp.Runner(P, _Args(), "/out", "/task", models, "/q.jsonl", [{"question_id": 1}], dry_run=True)
+
+
+def test_full_plan_shares_pretraining_and_merges_identical_recipes():
+    P = presets.FULL
+    cells, alias = rp.plan_cells(P)
+    # sweep points equal to the defaults are DualSpeed itself
+    for v in ("vtp-divprune", "p0.9", "r0.1", "l4"):
+        assert v not in cells
+    assert rp.variant_name(P, "p", 0.9) == "dualspeed" and rp.variant_name(P, "vtp", "random") == "vtp-random"
+    r = _runner(P)
+    key = lambda v: r.pretrain_key(cells[v], 0)  # noqa: E731
+    # one pretraining run for recipes that differ only in SFT
+    assert key("naiveprune") == key("fastslow") == key("l0")
+    assert key("dualspeed") == key("fastslow-iso") == key("prune-pretrain-only") == key("r0") == key("r0.5")
+    assert key("baseline") == key("prune-sft-only")
+    assert len({key(v) for v in ("baseline", "naiveprune", "dualspeed", "p0.5", "vtp-random", "l8")}) == 6
+    assert key("dualspeed") != r.pretrain_key(cells["dualspeed"], 1)  # per seed
+    # SFT runs are all distinct
+    assert len({r.sft_key(c, 0) for c in cells.values()}) == len(cells)
+    # evaluations: isolator only where the model has one; Table 1 prunes the baseline with every method
+    assert [e.name for e in cells["naiveprune"].evals] == ["normal", "pruned-divprune-p0.9-noiso"]
+    assert [e.name for e in cells["dualspeed"].evals][:3] == ["normal", "pruned-divprune-p0.9-iso",
+                                                              "pruned-divprune-p0.9-noiso"]
+    base = {e.name for e in cells["baseline"].evals}
+    assert {f"pruned-{m}-p0.9-noiso" for m in presets.VTP_METHODS} <= base
+    assert "pruned-cdpruner-p0.9-iso" in {e.name for e in cells["vtp-cdpruner"].evals}
+    assert "pruned-divprune-p0.5-iso" in {e.name for e in cells["p0.5"].evals}
+    assert cells["prune-pretrain-only"].has_isolator is False and cells["prune-sft-only"].has_isolator is True
+
+
+def test_commands_are_the_real_scripts_with_the_dualspeed_flags():
+    P = presets.QUICK
+    cells, _ = rp.plan_cells(P)
+    assert list(cells) == ["baseline", "naiveprune", "dualspeed"]
+    r = _runner(P)
+    env, argv = r.stage_command("pretrain", cells["baseline"], 3, "/o")
+    assert argv[:2] == ["bash", "scripts/v1_5/pretrain.sh"] and env["DUALSPEED"] == "0"
+    assert env["LAUNCHER"] == "python" and env["DEEPSPEED_CONFIG"] == "" and env["REPORT_TO"] == "none"
+    for flag, value in (("--seed", "3"), ("--save_strategy", "no"), ("--bf16", "False"), ("--max_steps", "20"),
+                        ("--dataloader_num_workers", "0")):
+        assert argv[argv.index(flag) + 1] == value
+    env, argv = r.stage_command("sft", cells["naiveprune"], 0, "/o2", "/p")
+    assert argv[1] == "scripts/v1_5/finetune_lora.sh" and env["DUALSPEED"] == "1"
+    assert env["PRETRAIN_MM_MLP_ADAPTER"] == "/p/mm_projector.bin"
+    assert argv[argv.index("--slow_mode_ratio") + 1] == "0.0" and argv[argv.index("--use_isolator") + 1] == "False"
+    spec = rp.EvalSpec(True, "divprune", 0.9, False)
+    cmd = r.eval_command(spec, "/sft", "/a.jsonl", 0)
+    i = cmd.index("dualspeed_patch.run")
+    assert cmd[i + 1:i + 2] == ["--pruned"] and "--no_isolator" in cmd
+    assert cmd[cmd.index("--temperature") + 1] == "0" and cmd[cmd.index("--device") + 1] == "cpu"
+    assert "dualspeed_patch.run" not in r.eval_command(rp.NORMAL, "/sft", "/a.jsonl", 0)
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    rc = rp.main(["--preset", "full", "--models", "tiny", "--out", str(tmp_path / "out"),
+                  "--cache-dir", str(tmp_path / "cache"), "--dry-run"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "== cell baseline" in text and "== cell vtp-fastervlm" in text and "== cell l8" in text
+    assert "bash scripts/v1_5/finetune_lora.sh" in text and "dualspeed_patch.run --pruned" in text
+    assert "21 cells x 3 seeds" in text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+# -------------------------------------------------------------------------- statistics and wording
+def _questions(per_type=10):
+    return [{"question_id": f"q{t}{i}", "type": t, "answer": "x"} for t in TYPES for i in range(per_type)]
+
+
+def _cell(name, seed, acc, pre_s, sft_s, pruned=None, key="k"):
+    pruned = acc if pruned is None else pruned
+    evals = {}
+    for ev, a in (("normal", acc), ("pruned-divprune-p0.9-iso", pruned), ("pruned-divprune-p0.9-noiso", pruned)):
+        evals[ev] = {"accuracy": a, "n": 70, "per_type": {t: {"accuracy": a, "n": 10} for t in TYPES}}
+    return {"schema": rp.SCHEMA, "cell": name, "label": name.capitalize(), "aliases": [name], "seed": seed,
+            "config": {"key": key}, "evals": evals,
+            "stages": {"pretrain": {"train_runtime_s": pre_s, "wall_s": pre_s + 10},
+                       "sft": {"train_runtime_s": sft_s, "wall_s": sft_s + 10}}}
+
+
+def _report(tmp_path, cells_json, P=presets.QUICK):
+    cells, alias = rp.plan_cells(P)
+    R = rp.Results(cells_json, P.seeds)
+    return R, rp.Report(P, R, cells, alias, _questions(), str(tmp_path))
+
+
+def test_stats_relative_and_speedup_are_paired_by_seed(tmp_path):
+    P = presets.QUICK.replace(seeds=(0, 1, 2))
+    runs = []
+    for s, (b, d) in enumerate(((0.80, 0.78), (0.70, 0.72), (0.90, 0.90))):
+        runs.append(_cell("baseline", s, b, 100.0, 200.0))
+        runs.append(_cell("dualspeed", s, d, 50.0, 100.0 + 10 * s))
+    R, rep = _report(tmp_path, runs, P)
+    st = R.acc("baseline", "normal")
+    assert st.k == 3 and st.mean == pytest.approx(0.8) and st.std == pytest.approx(0.1)
+    rel = R.rel("dualspeed", "normal")
+    assert rel.values == pytest.approx([97.5, 720 / 7, 100.0])
+    sp = R.speedup("dualspeed")
+    assert sp.values == pytest.approx([2.0, 300 / 160, 300 / 170])
+    assert R.time("dualspeed", "pretrain").mean == 50.0 and R.time("dualspeed", "total", "wall").mean == 180.0
+    assert rp.fmt_stat(st, "acc") == "80.0 ± 10.0" and rp.fmt_stat(rp.Stat([2.0]), "speedup") == "2.00×"
+    # one seed: the spread of an accuracy is its Agresti-Coull standard error over n questions
+    one = rp.Stat([0.5], 96)
+    assert one.std is None and one.spread() == pytest.approx(0.05)
+
+
+def _three_variants(base, naive, ds, t_base=(100.0, 200.0), t_ds=(40.0, 80.0), seeds=(0, 1, 2), jitter=0.01):
+    runs = []
+    for i, s in enumerate(seeds):
+        j = (i - 1) * jitter
+        runs.append(_cell("baseline", s, base + j, *t_base))
+        runs.append(_cell("naiveprune", s, naive + j, t_ds[0] * 0.9, t_ds[1] * 0.9))
+        runs.append(_cell("dualspeed", s, ds + j, t_ds[0] + j, t_ds[1] + j))
+    return runs
+
+
+def test_summary_says_the_effect_shows_when_it_exceeds_the_spread(tmp_path):
+    P = presets.QUICK.replace(seeds=(0, 1, 2))
+    R, rep = _report(tmp_path, _three_variants(0.80, 0.60, 0.79), P)
+    mds = rep.write_all()
+    path = rp.write_summary(str(tmp_path), P, R, rep, mds, {"seeds": [0, 1, 2], "wall_s": 1.0})
+    text = open(path).read()
+    eff = {e["claim"].split(" (")[0]: e for e in json.load(open(tmp_path / "effects.json"))}
+    assert eff["The baseline learned the task"]["verdict"] == "yes"
+    assert eff["NaivePrune loses accuracy on full sequences"]["verdict"] == "yes"
+    assert eff["NaivePrune loses accuracy on full sequences"]["diff"] == pytest.approx(-0.2)
+    assert eff["DualSpeed recovers it"]["verdict"] == "yes"
+    assert eff["DualSpeed matches the baseline"]["verdict"] == "yes"
+    assert eff["DualSpeed trains faster than the baseline"]["verdict"] == "yes"
+    assert "speedup 2.50×" in text and "Accuracy claims that show beyond the spread: 3 of 3" in text
+    assert "did not learn" not in text and "not above chance" not in text
+    # the rows of Table 2 in Markdown and CSV
+    md = open(tmp_path / "table2.md").read()
+    assert "| Baseline | 80.0 ± 1.0 |" in md and "| DualSpeed | 79.0 ± 1.0 | 79.0 ± 1.0 |" in md
+    with open(tmp_path / "table2.csv") as f:
+        rows = {r["row"]: r for r in csv.DictReader(f)}
+    assert float(rows["NaivePrune"]["Rel. normal (%) mean"]) == pytest.approx(75.0, abs=0.5)
+    assert float(rows["DualSpeed"]["Speedup mean"]) == pytest.approx(2.5, abs=0.01)
+    assert rows["DualSpeed"]["Normal k"] == "3"
+    for f in ("table2.png", "speed.png"):
+        if (tmp_path / f).exists():
+            assert (tmp_path / f).stat().st_size > 1000
+
+
+def test_summary_is_inconclusive_within_the_spread_and_flags_a_model_at_chance(tmp_path):
+    P = presets.QUICK.replace(seeds=(0, 1, 2))
+    # differences of 2 points with a seed spread of 10 points: nothing shows
+    R, rep = _report(tmp_path, _three_variants(0.60, 0.58, 0.60, jitter=0.10), P)
+    eff = rp.effects(R, rep.chance, P)
+    assert eff[1]["verdict"] == "within spread (inconclusive)"
+    assert eff[2]["verdict"] == "within spread (inconclusive)"
+    # a baseline at chance: the summary says the comparison is uninformative
+    chance = rep.chance
+    R, rep = _report(tmp_path, _three_variants(chance, chance, chance), P)
+    path = rp.write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": [0, 1, 2]})
+    assert "did not learn to use the image" in open(path).read()
+    # slower "DualSpeed": the timing claim says no
+    R, rep = _report(tmp_path, _three_variants(0.8, 0.6, 0.8, t_ds=(150.0, 300.0)), P)
+    eff = {e["claim"].split(" (")[0]: e for e in rp.effects(R, rep.chance, P)}
+    assert eff["DualSpeed trains faster than the baseline"]["verdict"].startswith("no")
+    assert eff["DualSpeed needs less CPU time than the baseline"]["verdict"] == "not measured"
+
+
+def test_full_preset_tables_from_synthetic_results(tmp_path):
+    P = presets.FULL.replace(seeds=(0, 1))
+    cells, alias = rp.plan_cells(P)
+    runs = []
+    for s in P.seeds:
+        for i, (name, cell) in enumerate(cells.items()):
+            r = _cell(name, s, 0.5 + 0.01 * i, 100.0 - i, 200.0 - i)
+            r["aliases"] = [name] + cell.aliases
+            for e in cell.evals:
+                r["evals"].setdefault(e.name, r["evals"]["normal"])
+            runs.append(r)
+    R = rp.Results(runs, P.seeds)
+    rep = rp.Report(P, R, cells, alias, _questions(), str(tmp_path))
+    mds = rep.write_all()
+    assert set(mds) == set(presets.ALL_TABLES)
+    for key in ("table1", "table3", "table4", "fig5", "fig6"):
+        assert (tmp_path / f"{key}.md").exists() and (tmp_path / f"{key}.csv").exists()
+    assert "| cdpruner |" in mds["table1"] and "| + isolator |" in mds["table3"]
+    assert "| SFT only |" in mds["table4"] and "| p = 0.5 |" in mds["fig5"] and "| l = 8 |" in mds["fig6"]
+
+
+# ------------------------------------------------------------------------------- end to end (slow)
+@pytest.mark.slow
+def test_driver_end_to_end_on_the_reduced_preset(tiny_assets, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "dualspeed", "reproduce.py"), "--preset", "smoke",
+           "--out", str(out), "--cache-dir", str(cache), "--base-llm", tiny_assets["model"],
+           "--vision-tower", tiny_assets["vision_tower"]]
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    first = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "reproduce[smoke]" in proc.stderr  # the progress bar
+
+    for name in ("table2", "table2_per_type", "speed"):
+        assert (out / f"{name}.md").stat().st_size > 0 and (out / f"{name}.csv").stat().st_size > 0
+    for name in ("table2", "speed"):
+        with open(out / f"{name}.png", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    assert "Does the paper's effect show?" in summary and "NaivePrune loses accuracy" in summary
+    assert "| Baseline |" in (out / "table2.md").read_text()
+
+    results = json.loads((out / "results.json").read_text())
+    assert {r["cell"] for r in results["cells"]} == {"baseline", "naiveprune", "dualspeed"}
+    for r in results["cells"]:
+        assert r["schema"] == rp.SCHEMA and r["seed"] == 0 and r["preset"] == "smoke"
+        assert set(r["stages"]) == {"pretrain", "sft"}
+        for st in r["stages"].values():
+            assert st["wall_s"] > 0 and st["train_runtime_s"] > 0 and st["steps"] == 2
+            assert "scripts/v1_5/" in st["command"]
+        want = {"normal", "pruned-divprune-p0.9-noiso"} | ({"pruned-divprune-p0.9-iso"} if r["has_isolator"] else set())
+        assert set(r["evals"]) == want
+        for e in r["evals"].values():
+            assert e["n"] == 3 and e["missing"] == 0 and 0.0 <= e["accuracy"] <= 1.0
+            assert sum(t["n"] for t in e["per_type"].values()) == 3
+            with open(e["answers"]) as f:
+                assert len(f.readlines()) == 3
+    ds = next(r for r in results["cells"] if r["cell"] == "dualspeed")
+    assert ds["has_isolator"] and ds["stages"]["sft"]["visual_kept_frac"] < 0.2
+    assert "--dualspeed True" not in ds["stages"]["sft"]["command"] and "DUALSPEED=1" in ds["stages"]["sft"]["command"]
+    base = next(r for r in results["cells"] if r["cell"] == "baseline")
+    assert "DUALSPEED=0" in base["stages"]["pretrain"]["command"]
+
+    # a rerun is served from the cell JSONs: no training, no evaluation
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (proc.stdout + proc.stderr).count("(cached)") == 3
+    assert time.perf_counter() - t0 < min(30.0, first / 2)
