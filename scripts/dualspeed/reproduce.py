@@ -1298,6 +1298,16 @@ def effects(R: Results, chance: float, P: Preset) -> List[dict]:
     return out
 
 
+def load_line(R: Results) -> str:
+    loads = [st.get(k) for runs in R.by.values() for r in runs.values() for st in r["stages"].values()
+             for k in ("loadavg_before", "loadavg_after")]
+    loads = [x for x in loads if x is not None]
+    if not loads:
+        return "- load: not recorded"
+    return (f"- 1-min load average around the training stages: {min(loads):.1f} to {max(loads):.1f} on "
+            f"{os.cpu_count()} CPUs (above the CPU count, other jobs shared the cores and stretched the wall clock)")
+
+
 def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str, str], meta: dict) -> str:
     eff = effects(R, report.chance, P)
     learned = eff[0]["verdict"].startswith("yes")
@@ -1310,6 +1320,7 @@ def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str
              f"DualSpeed p = {P.pruning_ratio:g}, r = {P.slow_mode_ratio:g}, isolator {P.isolator_len}, {P.vtp_method}",
              f"- driver wall clock: {meta.get('wall_s', 0):.0f} s this invocation; host: {platform.platform()}, "
              f"{os.cpu_count()} CPUs",
+             load_line(R),
              "", "## Does the paper's effect show?", "",
              "A difference counts only when it exceeds the spread: sqrt(s_a² + s_b²), with s the sample std over "
              "seeds, or with one seed the standard error of an accuracy over its n questions (Agresti-Coull: "
