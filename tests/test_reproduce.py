@@ -69,7 +69,8 @@ def test_commands_are_the_real_scripts_with_the_dualspeed_flags():
     env, argv = r.stage_command("pretrain", cells["baseline"], 3, "/o")
     assert argv[:2] == ["bash", "scripts/v1_5/pretrain.sh"] and env["DUALSPEED"] == "0"
     assert env["LAUNCHER"] == "python" and env["DEEPSPEED_CONFIG"] == "" and env["REPORT_TO"] == "none"
-    for flag, value in (("--seed", "3"), ("--save_strategy", "no"), ("--bf16", "False"), ("--max_steps", "20"),
+    assert env["OMP_NUM_THREADS"] == "1"
+    for flag, value in (("--seed", "3"), ("--save_strategy", "no"), ("--bf16", "False"), ("--max_steps", "30"),
                         ("--dataloader_num_workers", "0")):
         assert argv[argv.index(flag) + 1] == value
     env, argv = r.stage_command("sft", cells["naiveprune"], 0, "/o2", "/p")
@@ -266,3 +267,24 @@ def test_driver_end_to_end_on_the_reduced_preset(tiny_assets, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (proc.stdout + proc.stderr).count("(cached)") == 3
     assert time.perf_counter() - t0 < min(30.0, first / 2)
+
+
+@pytest.mark.slow
+def test_reruns_repeat(tiny_assets, tmp_path):
+    """Same preset and seed in two folders: the same losses and the same answers."""
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        cmd = [sys.executable, os.path.join(ROOT, "scripts", "dualspeed", "reproduce.py"), "--preset", "smoke",
+               "--only", "baseline", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--base-llm",
+               tiny_assets["model"], "--vision-tower", tiny_assets["vision_tower"], "--no-progress"]
+        env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        cell = json.loads((out / "cells" / "baseline-s0.json").read_text())
+        answers = {}
+        for k, e in cell["evals"].items():
+            with open(e["answers"]) as f:
+                answers[k] = [json.loads(line)["text"] for line in f]
+        runs.append(({s: cell["stages"][s]["train_loss"] for s in ("pretrain", "sft")}, answers))
+    assert runs[0] == runs[1]

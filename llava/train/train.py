@@ -249,7 +249,9 @@ def train(attn_implementation=None):
     local_rank = training_args.local_rank
     logging.basicConfig(level=logging.INFO if training_args.local_rank in (0, -1) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
+    # The Trainer seeds only at its own construction, after the projector (and LoRA) are initialised here;
+    # seed first so the same --seed gives the same run.
+    transformers.set_seed(training_args.seed)
     model = build_model(model_args, training_args, attn_implementation)
     tokenizer = build_tokenizer(model_args, training_args, model)
     if model_args.vision_tower is not None:

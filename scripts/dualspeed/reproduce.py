@@ -483,7 +483,8 @@ class Runner:
 
     def identity(self) -> dict:
         return {"model": self.models["model"], "vision_tower": self.models["vision_tower"],
-                "task": self.task_root, "launcher": self.args.launcher, "deepspeed": self.args.deepspeed_config}
+                "task": self.task_root, "launcher": self.args.launcher, "deepspeed": self.args.deepspeed_config,
+                "threads": self.P.threads}
 
     def pretrain_key(self, cell: Cell, seed: int) -> str:
         return _hash([self.identity(), cell.pretrain.semantics("pretrain"), self.train_hparams("pretrain"), seed])
@@ -493,7 +494,7 @@ class Runner:
 
     def eval_key(self, spec: EvalSpec, seed: int) -> str:
         return _hash([asdict(spec), self.questions_file, _hash(self.questions), self.P.max_new_tokens,
-                      self.args.eval_device, seed])
+                      self.args.eval_device, self.P.threads, seed])
 
     # ---- paths
     def pretrain_dir(self, cell: Cell, seed: int) -> str:
@@ -535,7 +536,7 @@ class Runner:
         env = {"MODEL_NAME_OR_PATH": self.models["model"], "VISION_TOWER": self.models["vision_tower"],
                "OUTPUT_DIR": output_dir, "LAUNCHER": self.args.launcher,
                "DEEPSPEED_CONFIG": self.args.deepspeed_config, "REPORT_TO": "none",
-               "DUALSPEED": "1" if stage.dualspeed else "0"}
+               "DUALSPEED": "1" if stage.dualspeed else "0", **self.thread_env()}
         if kind == "pretrain":
             env.update(PRETRAIN_DATA_PATH=os.path.join(self.task_root, "pretrain", "pretrain.json"),
                        PRETRAIN_IMAGE_FOLDER=self.task_root)
@@ -567,6 +568,10 @@ class Runner:
                    PYTHONPATH=REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""))
         env.update(overrides)
         return env
+
+    def thread_env(self) -> Dict[str, str]:
+        t = self.P.threads
+        return {"OMP_NUM_THREADS": str(t), "MKL_NUM_THREADS": str(t)} if t else {}
 
     @staticmethod
     def show(env: Dict[str, str], argv: Sequence[str]) -> str:
@@ -628,9 +633,10 @@ class Runner:
         answers = os.path.join(run_dir, "answers", f"{spec.name}.jsonl")
         argv = self.eval_command(spec, sft_info["output_dir"], answers, seed)
         self.status(f"{cell.name} s{seed}: eval {spec.name}")
-        wall, cpu = self._run({}, argv, os.path.join(run_dir, "logs", f"eval-{spec.name}.log"))
+        wall, cpu = self._run(self.thread_env(), argv, os.path.join(run_dir, "logs", f"eval-{spec.name}.log"))
         res = {"key": key, "sft_key": sft_info["key"], "mode": asdict(spec), "name": spec.name,
-               "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "answers": answers, "command": self.show({}, argv)}
+               "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "answers": answers,
+               "command": self.show(self.thread_env(), argv)}
         res.update(score_answers(answers, self.questions))
         _write_json(res_path, res)
         return res
@@ -1304,8 +1310,10 @@ def load_line(R: Results) -> str:
     loads = [x for x in loads if x is not None]
     if not loads:
         return "- load: not recorded"
+    busy = max(loads) > (os.cpu_count() or 1)
     return (f"- 1-min load average around the training stages: {min(loads):.1f} to {max(loads):.1f} on "
-            f"{os.cpu_count()} CPUs (above the CPU count, other jobs shared the cores and stretched the wall clock)")
+            f"{os.cpu_count()} CPUs" + (" (above the CPU count: other jobs shared the cores and stretched the wall "
+                                        "clock)" if busy else ""))
 
 
 def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str, str], meta: dict) -> str:
@@ -1318,8 +1326,9 @@ def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str
              f"- seeds: {', '.join(str(s) for s in meta.get('seeds', []))}; pretrain {P.pretrain_steps} steps × "
              f"{P.pretrain_batch}, SFT {P.sft_steps} steps × {P.sft_batch} (LoRA r={P.lora_r}); "
              f"DualSpeed p = {P.pruning_ratio:g}, r = {P.slow_mode_ratio:g}, isolator {P.isolator_len}, {P.vtp_method}",
-             f"- driver wall clock: {meta.get('wall_s', 0):.0f} s this invocation; host: {platform.platform()}, "
-             f"{os.cpu_count()} CPUs",
+             "- driver wall clock: " + (f"{meta['wall_s']:.0f} s (the last run in this folder, cached cells "
+                                         "included)" if meta.get("wall_s") is not None else "not recorded")
+             + f"; host: {platform.platform()}, {os.cpu_count()} CPUs",
              load_line(R),
              "", "## Does the paper's effect show?", "",
              "A difference counts only when it exceeds the spread: sqrt(s_a² + s_b²), with s the sample std over "
@@ -1385,6 +1394,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mm-projector-lr", type=float, default=None, help="SFT learning rate of the projector")
     g.add_argument("--lora-r", type=int, default=None)
     g.add_argument("--lora-alpha", type=int, default=None)
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (OMP_NUM_THREADS; preset default 1; 0 = leave the environment)")
     g.add_argument("--launcher", default="python", help='LAUNCHER of the scripts (default python; e.g. '
                                                          '"deepspeed --num_gpus 2")')
     g.add_argument("--deepspeed-config", default="", help="DEEPSPEED_CONFIG of the scripts (default empty: no DeepSpeed)")
@@ -1423,7 +1434,7 @@ def resolve_preset(args) -> Preset:
         slow_mode_ratio=args.slow_mode_ratio, isolator_len=args.isolator_len, vtp_methods=tup(args.vtp_methods),
         p_values=tup(args.p_values), r_values=tup(args.r_values), isolator_lens=tup(args.isolator_lens),
         eval_vtp_method=args.eval_vtp_method, eval_pruning_ratio=args.eval_pruning_ratio,
-        max_new_tokens=args.max_new_tokens)
+        max_new_tokens=args.max_new_tokens).replace(threads=None if args.threads is None else (args.threads or 0))
 
 
 def estimate_seconds(P: Preset, runner: Runner, cells: "OrderedDict[str, Cell]", n_questions: int) -> dict:
@@ -1487,7 +1498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"   [s{s} sft]\n     {runner.show(env, cmd)}")
                 for e in cell.evals:
                     print(f"   [s{s} eval {e.name}]\n     "
-                          + runner.show({}, runner.eval_command(e, sdir, f"<answers>/{e.name}.jsonl", s)))
+                          + runner.show(runner.thread_env(), runner.eval_command(e, sdir, f"<answers>/{e.name}.jsonl", s)))
         est = estimate_seconds(P, runner, cells, n_q)
         print(f"\n{len(cells)} cells x {len(P.seeds)} seeds: {est['pretrain_runs']} pretraining runs (shared), "
               f"{est['sft_runs']} SFT runs, {est['eval_runs']} evaluations; rough estimate "
@@ -1554,9 +1565,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     R = Results(current, P.seeds)
     report = Report(P, R, cells, alias, questions, out)
     mds = report.write_all()
+    wall = time.perf_counter() - t_start
+    run_json = os.path.join(out, "run.json")
+    prev = _read_json(run_json) or {}
+    if args.report_only:
+        wall = prev.get("wall_s")
+    else:
+        _write_json(run_json, dict(prev, wall_s=round(wall, 1),
+                                   finished=datetime.datetime.now().isoformat(timespec="seconds")))
     meta = {"models_source": models.get("source"), "model": models.get("model"),
             "vision_tower": models.get("vision_tower"), "task_root": task_root, "seeds": list(P.seeds),
-            "wall_s": time.perf_counter() - t_start}
+            "wall_s": wall}
     summary = write_summary(out, P, R, report, mds, meta)
     _write_json(os.path.join(out, "results.json"), {
         "preset": asdict(P), "meta": meta, "failures": failures,

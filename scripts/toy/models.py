@@ -6,20 +6,33 @@ starts from scratch. The real recipe starts from a *pretrained* CLIP and a *trai
 script gives the tiny stand-ins an offline "pretraining" of their own, on the toy data only:
 
 1. `<out>/clip-vit-toy-patch14-336/`: a small `transformers.CLIPVisionModel` (336 px, patch 14, so
-   24x24 = 576 patch tokens + CLS = 577) trained with DENSE per-patch supervision from each image's
-   `patch_map` (objects.json): for every patch, the owning object's colour, shape, glyph (none /
-   letter), size (or "background"), plus the patch's offset to its object's centre, read by small linear
-   heads from `hidden_states[-2]` (the layer LLaVA reads with `mm_vision_select_layer=-2`, patch tokens
-   only); a light image-level objective (per-colour / per-shape counts, number of objects, which letters
-   occur) reads the mean of the same patch tokens. Only pretrain + train images are used (never val or
-   test); per-head patch accuracy is reported on val. The LAST encoder layer is never read by LLaVA, so
-   it is not trained: it is saved as an exact identity (zero attention out_proj and MLP fc2), hence
-   `last_hidden_state == hidden_states[-2]` and `pooler_output` is the post-LayerNorm CLS of the layer
-   LLaVA reads (nothing in the saved tower is left random). The heads are dropped; the folder holds the
-   `CLIPVisionModel` and a `CLIPImageProcessorPil` config (shortest edge 336, centre crop 336, OpenAI CLIP
-   mean/std, as scripts/tiny/vision.py). Toy images are 336x336 squares, so LLaVA-1.5's `pad` and the
-   processor's resize/crop are the identity and the pixels reduce to `(x / 255 - mean) / std`, which
-   training uses directly (`_pixels`; a check against the processor runs at build time).
+   24x24 = 576 patch tokens + CLS = 577; width 128, 4 layers, 4 heads, MLP 512) trained with DENSE
+   per-patch supervision from each image's `patch_map` (objects.json): for every patch, the owning
+   object's colour, shape, glyph (none / letter), size (or "background"), the letter under the patch
+   (`glyph_local`) and the patch's offset to its object's centre, read by linear heads from
+   `hidden_states[-2]` (the layer LLaVA reads with `mm_vision_select_layer=-2`, patch tokens only); a
+   light image-level objective (per-colour / per-shape counts, number of objects, which letters occur)
+   reads the mean of the same patch tokens. Only pretrain + train images are used (never val / test);
+   per-head patch accuracies on val go to `<out>/build_report.json`.
+   What makes the small CPU budget go far (each measured on val, see the report of the task):
+   * cell-aligned CROPS: objects never straddle the 84-px cells, so 1-cell (6x6 patches) and 2x2-cell
+     crops, drawn with weight 0.25 + objects^2, give whole objects for a fraction of the tokens; a crop's
+     patches keep their own position embeddings (`_read_layer(pos_ids=...)`); the last 15 % of the steps
+     use full images, as LLaVA does;
+   * ATTENTION SUPERVISION (`_segment_loss`): head 0 of layers 2 and 3 learns to attend, from an object
+     patch, uniformly over that object's patches: object-level pooling (what shape / glyph / size /
+     counting need) that does not leak into other objects of the same colour;
+   * a data-aware, ConViT-like init (`init_from_data`): PCA-whitened patch embedding, a 2-D sin/cos
+     position code, layers 1-2 starting as shifted-copy attention (a 3x3 neighbourhood);
+   * object patches weighted 4x, glyph patches 16x in `glyph_local`.
+   The LAST encoder layer is never read by LLaVA, so it is not trained: it is saved as an exact identity
+   (zero attention out_proj and MLP fc2), hence `last_hidden_state == hidden_states[-2]` and
+   `pooler_output` is the post-LayerNorm CLS of the layer LLaVA reads (nothing in the saved tower is
+   random). The heads are dropped; the folder holds the `CLIPVisionModel` and a `CLIPImageProcessorPil`
+   config (shortest edge 336, centre crop 336, OpenAI CLIP mean/std, as scripts/tiny/vision.py). Toy
+   images are 336x336 squares, so LLaVA-1.5's `pad` and the processor's resize/crop are the identity and
+   the pixels reduce to `(x / 255 - mean) / std`, which training uses directly (`_pixels`; the build
+   checks it against the saved processor: max abs difference 0).
 
 2. `<out>/vicuna-toy/`: a SentencePiece tokenizer trained on the toy text (captions, questions, answers,
    the LLaVA templates; scripts/tiny/tokenizer.train_tokenizer) and a small `LlamaForCausalLM` given a
@@ -32,18 +45,21 @@ script gives the tiny stand-ins an offline "pretraining" of their own, on the to
    (as scripts/tiny/llm.py) = the base-LLM folder for `--model_name_or_path`.
 
 Determinism: everything derives from `seed` (torch.manual_seed for the inits, torch.Generators for data
-order), sentencepiece trains single-threaded, and torch runs with a fixed thread count (`threads`, default
-2). Two builds on the same machine with the same arguments and thread count give the same weights; a
-different thread count or CPU (other BLAS / oneDNN kernels) may change float rounding, so the weights then
-differ in the last bits (and grow apart over training), not in quality.
+order and crops), sentencepiece trains single-threaded, and torch runs with a fixed thread count
+(`--threads`, default 1). Two builds on the same machine with the same arguments and thread count give
+identical weights; another thread count or CPU (other BLAS / oneDNN kernels) may change float rounding,
+so the weights then differ in the last bits (and drift apart over training), not in quality.
+Threads: on the shared 2-core machine, 1 thread measured ~3x FASTER per step than 2 when other jobs run
+(oversubscribed OpenMP threads wait on each other); use `--threads 2` on an idle machine.
 
-    python scripts/toy/models.py --data /tmp/toytask --out /tmp/toymodels            # ~2-4 min, 2 CPU cores
-    python scripts/toy/models.py --data /tmp/toytask --out /tmp/toymodels --probe    # + the learnability probe
+    python scripts/toy/models.py --data /tmp/toytask --out /tmp/toymodels            # ~3 min
+    python scripts/toy/models.py --data /tmp/toytask --out /tmp/toymodels --probe    # + the probe (~2 min)
 
 `--probe` (or `probe_tower`) checks that the frozen tower's patch features carry the answers: a tiny
-attention-pooling head (question template + slot embeddings -> attention over the 576 patch features ->
-answer) is trained on train questions and scored per question type on val, next to the image-blind
-baseline (scripts/toy/blind_baseline.py).
+attention-pooling probe (referents found with SHARED colour / shape embeddings dotted with the projected
+patch features -> pooled features, attended position, soft count, best score -> MLP -> answer) is
+trained on the train questions and scored per question type on val, next to the image-blind baseline
+(scripts/toy/blind_baseline.py); written to `<out>/probe_report.json`.
 """
 from __future__ import annotations
 
@@ -97,7 +113,7 @@ LLM_CONFIG = dict(
     pad_token_id=0,
     use_cache=True,
 )
-DEFAULTS = dict(vision_steps=600, vision_batch=4, vision_lr=2e-3, lm_steps=300, lm_batch=16, lm_lr=3e-3,
+DEFAULTS = dict(vision_steps=700, vision_batch=4, vision_lr=3e-3, lm_steps=250, lm_batch=16, lm_lr=3e-3,
                 vocab_size=1000, threads=1)
 
 # Per-patch heads: name -> number of classes (0 = background everywhere).
@@ -107,6 +123,7 @@ PATCH_HEADS = {"color": 1 + len(COLOR_NAMES), "shape": 1 + len(SHAPES),
 COUNT_CLASSES = 4  # image-level counts 0, 1, 2, 3+
 GLYPH_COVER_MIN = 0.2  # glyph_local: a patch the glyph box covers at least this much
 OBJECT_WEIGHT = 4.0  # per-patch CE weight of object patches (background: 1)
+GLYPH_WEIGHT = 16.0  # glyph_local CE weight of the patches a glyph covers
 
 __all__ = ["VISION_CONFIG", "LLM_CONFIG", "DEFAULTS", "PATCH_HEADS", "load_vision_samples", "make_vision_model",
            "VisionHeads", "vision_loss", "pretrain_vision", "patch_accuracy", "save_vision_tower",
@@ -329,12 +346,13 @@ def _vm(model):
     return getattr(model, "vision_model", model)
 
 
-def _read_layer(model, pixel_values, pos_ids=None):
+def _read_layer(model, pixel_values, pos_ids=None, return_inputs: bool = False):
     """hidden_states[-2] (B, 1 + n, D) without running the last layer (identical to the full forward's).
 
     `pixel_values` may be a patch-aligned crop (B, 3, 14 h, 14 w) of the 336 canvas; `pos_ids` (B, h w) are
     then its patches' indices in the full 24x24 grid (0-based), whose position embeddings they get. With
     `pos_ids=None` the input must be the full canvas, and this equals CLIPVisionModel's hidden_states[-2].
+    `return_inputs`: also return the input of every layer run (for the attention supervision).
     """
     vm = _vm(model)
     emb = vm.embeddings
@@ -346,10 +364,12 @@ def _read_layer(model, pixel_values, pos_ids=None):
         cls = (emb.class_embedding + pe[0]).expand(x.shape[0], 1, -1)
         h = torch.cat([cls, x + pe[1 + pos_ids]], 1)
     h = vm.pre_layrnorm(h)
+    inputs = []
     for layer in vm.encoder.layers[:-1]:
+        inputs.append(h)
         out = layer(h, None)
         h = out[0] if isinstance(out, tuple) else out
-    return h
+    return (h, inputs) if return_inputs else h
 
 
 def _vision_init_fn():
@@ -407,19 +427,58 @@ def _image_targets(labels: dict) -> dict:
             "letters": (count(labels["obj_glyph"], len(GLYPHS)) > 0).float()}
 
 
+SEGMENT_LOSS_WEIGHT = 0.5
+SEGMENT_LAYERS = (1, 2)  # encoder layers whose head 0 learns to attend over its own object's patches
+
+
+def _segment_loss(model, inputs, owner):
+    """Attention supervision: head 0 of each SEGMENT_LAYERS layer, queried from an object patch, should
+    spread its attention uniformly over the patches of that object (cross-entropy against that target).
+    This teaches the object-level pooling that shape / glyph / size / counting need, and keeps other
+    objects of the same colour (a shortcut in crops) out of it."""
+    import torch.nn.functional as F
+
+    layers = _vm(model).encoder.layers
+    hd = model.config.hidden_size // model.config.num_attention_heads
+    same = (owner.unsqueeze(2) == owner.unsqueeze(1)) & (owner >= 0).unsqueeze(2)  # B, n, n
+    target = same.float() / same.sum(-1, keepdim=True).clamp(min=1)
+    rows = (owner >= 0).float()
+    total, n = 0.0, 0
+    for li in SEGMENT_LAYERS:
+        if li >= len(layers) - 1:
+            continue
+        layer = layers[li]
+        z = layer.layer_norm1(inputs[li])[:, 1:]
+        att = layer.self_attn
+        q = F.linear(z, att.q_proj.weight[:hd], att.q_proj.bias[:hd])
+        k = F.linear(z, att.k_proj.weight[:hd], att.k_proj.bias[:hd])
+        # Keys: the patches only (the CLS key is left out of the target; its logit is small at init).
+        logp = torch.log_softmax(q @ k.transpose(1, 2) * hd ** -0.5, -1)
+        ce = -(target * logp).sum(-1)
+        total = total + (ce * rows).sum() / rows.sum().clamp(min=1)
+        n += 1
+    return total / max(n, 1)
+
+
 def vision_loss(model, heads, pixel_values, labels: dict, pos_ids=None, return_parts: bool = False):
     """The pretraining loss: per-patch CE (object patches weighted OBJECT_WEIGHT) of the colour / shape /
     glyph / size / local-glyph heads + offset MSE, and a light image-level objective (counts, letters).
     `labels` hold the per-patch targets of the patches in view (see `_crop_batch`)."""
     import torch.nn.functional as F
 
-    patches = _read_layer(model, pixel_values, pos_ids)[:, 1:]
+    h, inputs = _read_layer(model, pixel_values, pos_ids, return_inputs=True)
+    patches = h[:, 1:]
     out = heads(patches)
     parts = {}
+    if SEGMENT_LOSS_WEIGHT:
+        parts["segment"] = SEGMENT_LOSS_WEIGHT * _segment_loss(model, inputs, labels["owner"])
     w = 1.0 + (OBJECT_WEIGHT - 1.0) * (labels["color"] > 0).float().flatten()
-    for k in list(PATCH_HEADS) + ["glyph_local"]:
+    for k in PATCH_HEADS:
         ce = F.cross_entropy(out[k].flatten(0, 1), labels[k].flatten(), reduction="none")
         parts[k] = (ce * w).sum() / w.sum()
+    wg = w + (GLYPH_WEIGHT - OBJECT_WEIGHT) * (labels["glyph_local"] > 0).float().flatten()
+    ce = F.cross_entropy(out["glyph_local"].flatten(0, 1), labels["glyph_local"].flatten(), reduction="none")
+    parts["glyph_local"] = (ce * wg).sum() / wg.sum()
     obj = (labels["color"] > 0).unsqueeze(-1).float()
     parts["offset"] = OFFSET_LOSS_WEIGHT * ((out["offset"] - labels["offset"]).pow(2) * obj).sum() / obj.sum().clamp(min=1)
     tgt = _image_targets(labels)
@@ -446,7 +505,7 @@ CELL_PATCHES = GRID // CELLS  # 6 patches per cell side
 
 def _crop_batch(images, labels: dict, cells: int, per_image: int, gen):
     """Cell-aligned crops of `cells` x `cells` cells (objects never straddle cells, so every object in view
-    is whole): `per_image` crops from each image (distinct windows; 1-cell crops prefer occupied cells 4:1).
+    is whole): `per_image` distinct windows from each image, drawn with weight 0.25 + (objects in view)^2.
     Returns (uint8 pixels (B', 3, 84 c, 84 c), pos_ids (B', (6 c)^2), labels of the patches in view)."""
     n_win = CELLS - cells + 1
     side = cells * CELL_PATCHES
@@ -457,10 +516,11 @@ def _crop_batch(images, labels: dict, cells: int, per_image: int, gen):
             wins = [(0, 0)] * per_image
         else:
             owner = labels["owner"][b].view(GRID, GRID)
-            occ = torch.tensor([float((owner[r * CELL_PATCHES:(r + cells) * CELL_PATCHES,
-                                             c * CELL_PATCHES:(c + cells) * CELL_PATCHES] >= 0).any())
-                                for r in range(n_win) for c in range(n_win)])
-            weight = 1.0 + 3.0 * occ
+            n_obj = torch.tensor([float(len(set(owner[r * CELL_PATCHES:(r + cells) * CELL_PATCHES,
+                                                     c * CELL_PATCHES:(c + cells) * CELL_PATCHES].unique().tolist())
+                                            - {-1}))
+                                  for r in range(n_win) for c in range(n_win)])
+            weight = 0.25 + n_obj ** 2  # busy windows first (1 cell: occupied 5:1 over empty)
             k = min(per_image, n_win * n_win)
             picks = torch.multinomial(weight, k, replacement=False, generator=gen).tolist()
             wins = [divmod(i, n_win) for i in picks]
@@ -483,7 +543,7 @@ def _crop_batch(images, labels: dict, cells: int, per_image: int, gen):
 
 # Crop schedule: view sizes in cells (1 = one 84-px cell, 2 = 2x2 cells, 4 = the full image), cycled; the
 # last FULL_FRACTION of the steps use full images only (what LLaVA sees).
-CROP_CYCLE = (1, 2, 1, 2, 4)
+CROP_CYCLE = (1, 1, 2, 2)
 FULL_FRACTION = 0.15
 
 
@@ -751,10 +811,24 @@ def build_toy_models(data_root: str, out_root: str, seed: int = 0, vision_steps:
                      progress: bool = True) -> dict:
     """Build both folders under `out_root`; returns dict(model=<vicuna-toy>, vision_tower=<clip folder>,
     report=<timings, losses, val patch accuracies>) and writes the report to `out_root/build_report.json`."""
-    import torch
-
+    prev_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _build(data_root, out_root, seed, vision_steps, vision_batch, vision_lr, lm_steps, lm_batch, lm_lr,
+                      vocab_size, eval_split, vision_overrides, llm_overrides, progress)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _build(data_root, out_root, seed, vision_steps, vision_batch, vision_lr, lm_steps, lm_batch, lm_lr, vocab_size,
+           eval_split, vision_overrides, llm_overrides, progress) -> dict:
     t0 = time.perf_counter()
     out_root = os.path.abspath(out_root)
     os.makedirs(out_root, exist_ok=True)
@@ -763,7 +837,14 @@ def build_toy_models(data_root: str, out_root: str, seed: int = 0, vision_steps:
     report: dict = {"seed": seed, "data": os.path.abspath(data_root), "threads": torch.get_num_threads(),
                     "vision_config": dict(VISION_CONFIG, **(vision_overrides or {})),
                     "llm_config": dict(LLM_CONFIG, **(llm_overrides or {})),
-                    "vision": {"steps": vision_steps, "batch": vision_batch, "lr": vision_lr},
+                    "vision": {"steps": vision_steps, "batch": vision_batch, "lr": vision_lr,
+                               "recipe": {"crop_cycle": list(CROP_CYCLE), "full_fraction": FULL_FRACTION,
+                                          "object_weight": OBJECT_WEIGHT, "glyph_weight": GLYPH_WEIGHT,
+                                          "segment_loss_weight": SEGMENT_LOSS_WEIGHT,
+                                          "segment_layers": list(SEGMENT_LAYERS),
+                                          "image_loss_weight": IMAGE_LOSS_WEIGHT,
+                                          "local_sharpness": LOCAL_SHARPNESS}},
+                    "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
                     "llm": {"steps": lm_steps, "batch": lm_batch, "lr": lm_lr}}
 
     samples = load_vision_samples(data_root, ("pretrain", "train"))
@@ -823,7 +904,7 @@ def _question_slots(row: dict) -> List[str]:
 
 
 def probe_tower(vision_tower: str, data_root: str, seed: int = 0, train_images: Optional[int] = None,
-                eval_split: str = "val", steps: int = 1500, batch_size: int = 128, threads: Optional[int] = 2,
+                eval_split: str = "val", steps: int = 1000, batch_size: int = 64, threads: Optional[int] = 1,
                 progress: bool = True) -> dict:
     """Learnability check: freeze the tower, train a tiny attention-pooling probe (not an LLM) to answer the
     train questions from hidden_states[-2] patch features + template/slot embeddings; score per type on
@@ -848,87 +929,107 @@ def probe_tower(vision_tower: str, data_root: str, seed: int = 0, train_images: 
         keep = set(train_imgs)
         train_q = [q for q in train_q if q["image"] in keep]
     eval_imgs = sorted({q["image"] for q in eval_q})
-    feats = {}
-    for imgs, desc in ((train_imgs, "probe: encode train"), (eval_imgs, f"probe: encode {eval_split}")):
-        f = _encode(tower, [os.path.join(data_root, p) for p in imgs], progress=progress, desc=desc)
-        feats.update({p: f[i] for i, p in enumerate(imgs)})
+    all_imgs = train_imgs + [p for p in eval_imgs if p not in set(train_imgs)]
+    f_index = {p: i for i, p in enumerate(all_imgs)}
+    feats = _encode(tower, [os.path.join(data_root, p) for p in all_imgs], progress=progress,
+                    desc="probe: encode")
+    feats = F.layer_norm(feats, feats.shape[-1:])  # (N, 576, D), frozen
     t_encode = time.perf_counter() - t0
 
     answers = sorted({a for v in ANSWERS.values() for a in v})
     a_index = {a.lower(): i for i, a in enumerate(answers)}
     templates = sorted({q["template"] for q in train_q + eval_q})
-    slots = sorted({s for q in train_q + eval_q for s in _question_slots(q)})
-    s_index = {s: i for i, s in enumerate(slots)}
     t_index = {t: i for i, t in enumerate(templates)}
     type_mask = torch.full((len(QUESTION_TYPES), len(answers)), float("-inf"))
     for ti, t in enumerate(QUESTION_TYPES):
         for a in ANSWERS[t]:
             type_mask[ti, a_index[a.lower()]] = 0.0
 
+    def refs_of(q):
+        """[(colour index | -1, shape index | -1)] for the referents (a, b): one for most types."""
+        ref = {"": [-1, -1], "a_": [-1, -1], "b_": [-1, -1]}
+        for slot in _question_slots(q):
+            key, value = slot.split("=")
+            role, attr = (key[:2], key[2:]) if key[:2] in ("a_", "b_") else ("", key)
+            ref[role][0 if attr == "color" else 1] = (COLOR_NAMES if attr == "color" else SHAPES).index(value)
+        return (ref["a_"], ref["b_"]) if ref["a_"] != [-1, -1] else (ref[""], [-1, -1])
+
     def encode_rows(rows):
-        img = torch.stack([feats[q["image"]] for q in rows])
+        img = torch.tensor([f_index[q["image"]] for q in rows])
         tmpl = torch.tensor([t_index[q["template"]] for q in rows])
-        sl = torch.zeros(len(rows), len(slots))
-        for i, q in enumerate(rows):
-            for s in _question_slots(q):
-                sl[i, s_index[s]] = 1.0
+        refs = torch.tensor([refs_of(q) for q in rows])  # (n, 2 referents, (colour, shape))
         typ = torch.tensor([QUESTION_TYPES.index(q["type"]) for q in rows])
         ans = torch.tensor([a_index[q["answer"].lower()] for q in rows])
-        return img, tmpl, sl, typ, ans
+        return img, tmpl, refs, typ, ans
 
-    d = feats[train_imgs[0]].shape[-1]
-    h, heads_n, dk = 128, 4, 32
+    d = feats.shape[-1]
+    dp, ht = 64, 32
+    grid = torch.arange(GRID, dtype=torch.float32) / (GRID - 1)
+    coords = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).view(GRID * GRID, 2)  # (row, col)
 
     class Probe(nn.Module):
+        """Find each referent with a query built from SHARED colour / shape embeddings (score of a patch =
+        projected feature . (E_color[c] + E_shape[s])), pool the projected features, positions, soft counts
+        and the best score over its patches, and answer with a small MLP (plus a template embedding).
+        Shared embeddings keep it from memorising questions: it must read the answers from the features."""
+
         def __init__(self):
             super().__init__()
-            self.norm = nn.LayerNorm(d)
-            self.pos = nn.Parameter(torch.zeros(GRID * GRID, h))
-            self.kv = nn.Linear(d, 2 * h)
-            self.tmpl = nn.Embedding(len(templates), h)
-            self.slot = nn.Linear(len(slots), h, bias=False)
-            self.q = nn.Linear(h, heads_n * dk)
-            self.mlp = nn.Sequential(nn.Linear(h + 2 * h, 256), nn.GELU(), nn.Linear(256, len(answers)))
+            self.proj = nn.Linear(d, dp)
+            self.e_color = nn.Embedding(len(COLOR_NAMES) + 1, dp, padding_idx=len(COLOR_NAMES))
+            self.e_shape = nn.Embedding(len(SHAPES) + 1, dp, padding_idx=len(SHAPES))
+            self.bias = nn.Parameter(torch.zeros(1))
+            self.tmpl = nn.Embedding(len(templates), ht)
+            self.mlp = nn.Sequential(nn.Dropout(0.1), nn.Linear(ht + 2 * (dp + 4) + 2, 128), nn.GELU(),
+                                     nn.Linear(128, len(answers)))
 
-        def forward(self, img, tmpl, sl):
-            x = self.norm(img)
-            k, v = self.kv(x).chunk(2, -1)
-            k = (k + self.pos).view(*k.shape[:2], heads_n, dk)
-            v = (v + self.pos).view(*v.shape[:2], heads_n, dk)
-            query = self.tmpl(tmpl) + self.slot(sl)
-            q = self.q(query).view(-1, heads_n, dk)
-            s = torch.einsum("bnhd,bhd->bnh", k, q) / math.sqrt(dk)
-            soft = torch.einsum("bnh,bnhd->bhd", s.softmax(1), v).flatten(1)
-            summ = torch.einsum("bnh,bnhd->bhd", torch.sigmoid(s), v).flatten(1) / 36.0
-            return self.mlp(torch.cat([query, soft, summ], -1))
+        def forward(self, x, tmpl, refs):
+            x = self.proj(x)
+            feats_out = [self.tmpl(tmpl)]
+            where = []
+            for r in range(2):
+                c = refs[:, r, 0].masked_fill(refs[:, r, 0] < 0, len(COLOR_NAMES))
+                sh = refs[:, r, 1].masked_fill(refs[:, r, 1] < 0, len(SHAPES))
+                key = self.e_color(c) + self.e_shape(sh)
+                s = torch.einsum("bnd,bd->bn", x, key) / math.sqrt(dp)
+                a = s.softmax(-1)
+                pooled = torch.einsum("bn,bnd->bd", a, x)
+                wh = a @ coords
+                mass = torch.sigmoid(s + self.bias).sum(-1, keepdim=True) / 36.0
+                feats_out += [pooled, wh, mass, s.max(-1, keepdim=True).values]
+                where.append(wh)
+            feats_out.append(where[0] - where[1])
+            return self.mlp(torch.cat(feats_out, -1))
 
     tr = encode_rows(train_q)
     ev = encode_rows(eval_q)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 10)
         probe = Probe()
-    opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=0.05)
+    opt = torch.optim.AdamW(probe.parameters(), lr=2e-3, weight_decay=0.1)
     gen = torch.Generator().manual_seed(seed + 11)
     n = len(train_q)
     order: List[int] = []
     t1 = time.perf_counter()
+    probe.train()
     for step in tqdm(range(steps), desc="probe: train", unit="step", disable=not progress):
         while len(order) < batch_size:
             order.extend(torch.randperm(n, generator=gen).tolist())
         idx, order = torch.tensor(order[:batch_size]), order[batch_size:]
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, 2e-3, 50)
-        logits = probe(tr[0][idx], tr[1][idx], tr[2][idx]) + type_mask[tr[3][idx]]
+        logits = probe(feats[tr[0][idx]], tr[1][idx], tr[2][idx]) + type_mask[tr[3][idx]]
         loss = F.cross_entropy(logits, tr[4][idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     t_train = time.perf_counter() - t1
 
+    probe.eval()
+
     def accuracy(data):
-        probe.eval()
         with torch.no_grad():
-            pred = torch.cat([(probe(data[0][i:i + 256], data[1][i:i + 256], data[2][i:i + 256])
+            pred = torch.cat([(probe(feats[data[0][i:i + 256]], data[1][i:i + 256], data[2][i:i + 256])
                                + type_mask[data[3][i:i + 256]]).argmax(-1) for i in range(0, len(data[4]), 256)])
         ok = pred == data[4]
         out = {}
@@ -983,7 +1084,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--no-eval", action="store_true", help="skip the val patch accuracies")
     parser.add_argument("--probe", action="store_true", help="also run the learnability probe (frozen tower)")
     parser.add_argument("--probe-only", action="store_true", help="only run the probe on an existing --out")
-    parser.add_argument("--probe-steps", type=int, default=1500)
+    parser.add_argument("--probe-steps", type=int, default=1000)
     parser.add_argument("--probe-train-images", type=int, default=None, help="train images for the probe (all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)

@@ -171,7 +171,7 @@ def make_scene(rng: random.Random) -> dict:
     for values, attrs in ((COLOR_NAMES, colors), (SHAPES, shapes)):  # groups: counts of 2 and 3 get common
         if rng.random() < GROUP_PROB:
             value = rng.choice(values)
-            for m in rng.sample(range(n), rng.choice((2, 3))):
+            for m in rng.sample(range(n), min(n, rng.choice((2, 3)))):
                 attrs[m] = value
     has_glyph = [rng.random() < GLYPH_PROB for _ in range(n)]
     if not any(has_glyph):
