@@ -73,3 +73,29 @@ def test_help():
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "--features" in res.stdout and "--turns" in res.stdout
+
+
+def test_oracle_features_are_the_objects_word_embeddings(setup):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(setup["llm"])
+    lm = LlamaForCausalLM.from_pretrained(setup["llm"])
+    feats = lm_probe.oracle_features(setup["task"], tok, lm)
+    images, x = feats["test"]
+    truth = json.load(open(os.path.join(setup["task"], "test", "objects.json")))[images[0]]
+    emb = lm.get_input_embeddings().weight.detach()
+
+    def word(w):
+        return emb[tok(" " + w, add_special_tokens=False).input_ids].mean(0)
+
+    flat = "".join(truth["patch_map"])
+    for p, ch in enumerate(flat):
+        if ch == ".":
+            assert not x[0, p].any()
+        else:
+            o = truth["objects"][int(ch)]
+            want = (word(o["color"]) + word(o["shape"]) + word(o["size"]) + word(o["glyph"] or "none")) / 2
+            assert torch.allclose(x[0, p].float(), want, atol=1e-3)
+    res = lm_probe.main(["--task", setup["task"], "--llm", setup["llm"], "--oracle", "--steps", "2",
+                         "--eval-every", "2", "--batch", "4", "--quiet"])
+    assert len(res["losses"]) == 2 and all(0.0 <= v <= 100.0 for v in res["curve"][0]["acc"].values())
