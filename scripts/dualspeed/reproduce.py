@@ -1347,7 +1347,9 @@ def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str
                   "in this run.** The accuracy rows above then only compare how well each recipe learned the answer "
                   "format and the answer priors (a recipe can still fall below chance, e.g. by answering out of "
                   "format on sequences it was not trained on); they say nothing about the paper's accuracy claims. "
-                  "Expected with the untrained tiny assets or too few steps; the timing rows do not depend on it.", ""]
+                  "Expected with the untrained tiny assets; with the toy models, the toy LLM does not learn the task "
+                  "within these step budgets even from an ideal vision tower (docs/reproduce.md, 'Why the baseline "
+                  "stays at chance'). The timing rows do not depend on it.", ""]
     else:
         shown = [e["claim"] for e in eff[1:4] if e["verdict"].startswith("yes")]
         lines += [f"Accuracy claims that show beyond the spread: {len(shown)} of 3" +
