@@ -238,13 +238,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if unknown:
         ap.error(f"unknown --types {sorted(unknown)}")
     tok = AutoTokenizer.from_pretrained(args.llm)
+    lm = LlamaForCausalLM.from_pretrained(args.llm).float()  # loaded once: the oracle reads its embeddings
     if args.oracle:
-        feats = oracle_features(args.task, tok, LlamaForCausalLM.from_pretrained(args.llm))
+        feats = oracle_features(args.task, tok, lm)
     else:
-        if not args.vision_tower and not os.path.exists(args.features or ""):
-            ap.error("--vision-tower is needed to build the feature cache (or pass --oracle)")
-        feats = load_features(args.features or os.path.join(args.task, "lm_probe_features.pt"), args.task,
-                              args.vision_tower, progress=not args.quiet)
+        cache_path = args.features or os.path.join(args.task, "lm_probe_features.pt")
+        if not args.vision_tower and not os.path.exists(cache_path):
+            ap.error(f"--vision-tower is needed to build the feature cache {cache_path} (or pass --oracle)")
+        feats = load_features(cache_path, args.task, args.vision_tower, progress=not args.quiet)
     index = {s: {p: i for i, p in enumerate(feats[s][0])} for s in SPLITS}
 
     def single(split):  # one question per sequence, answers capitalised as train.json has them
@@ -261,7 +262,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"questions {dict(sorted(counts.items()))}", flush=True)
 
     torch.manual_seed(args.seed)  # projector (and LoRA) init
-    lm = LlamaForCausalLM.from_pretrained(args.llm).float()
     width, hidden = feats["train"][1].shape[-1], lm.config.hidden_size
     proj = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden))
     if args.oracle:
