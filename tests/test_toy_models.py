@@ -28,7 +28,7 @@ def toy_data(tmp_path_factory):
 def built(toy_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("toy_models"))
     res = toy_models.build_toy_models(toy_data, out, seed=0, vision_steps=3, vision_batch=1, lm_steps=3,
-                                      lm_batch=4, threads=None, progress=False)
+                                      lm_batch=4, threads=None, progress=False, scene_steps=2)
     return res
 
 
@@ -75,6 +75,9 @@ def test_folders_load(built, toy_data):
     assert os.path.exists(os.path.join(os.path.dirname(built["model"]), "build_report.json"))
     assert report["vision"]["processor_max_abs_diff"] < 1e-5
     assert "val_patch_accuracy" in report["vision"]
+    sw = report["llm"]["scene_warmup"]  # the task's question types (all 7 here), 2 steps
+    assert sw["steps"] == 2 and sw["types"] == list(task.QUESTION_TYPES) and 0 <= sw["accuracy"]["all"] <= 100
+    assert report["recipe"] == toy_models.RECIPE
 
 
 def test_warmup_text_is_llava_rendering(built, toy_data):

@@ -356,3 +356,24 @@ def test_caption_lists_every_object():
 def test_scoring():
     assert task.is_correct("Red.", "red") and task.is_correct("three", "3") and task.is_correct("The K", "K")
     assert not task.is_correct("left", "right")
+
+
+def test_restricted_question_types(tmp_path):
+    """--types: only those types are asked, every QA image gets at least one, meta.json records them; the
+    default (every type) draws the same samples as before the option existed (exists is the fallback)."""
+    out = task.build_task(str(tmp_path), seed=1, sizes={"pretrain": 0, "train": 30, "val": 0, "test": 20},
+                          types=("color", "shape"), write_images=False)
+    meta = json.load(open(out["meta"]))
+    assert meta["question_types"] == ["color", "shape"]
+    rows = [json.loads(line) for line in open(out["test"]["questions"])]
+    assert rows and {r["type"] for r in rows} <= {"color", "shape"}
+    records = json.load(open(out["train"]["data_path"]))
+    assert len(records) == 30 and all(len(r["conversations"]) >= 2 for r in records)
+    a = [s["questions"] for s in task.iter_split("train", 20, seed=1)]
+    b = [s["questions"] for s in task.iter_split("train", 20, seed=1, types=task.QUESTION_TYPES)]
+    assert a == b
+    scene = task.make_scene(random.Random(0))
+    scene["objects"] = [dict(o, shape="circle", color="red") for o in scene["objects"]]  # nothing unique
+    assert task.questions_for(scene, random.Random(0), 2, types=("color", "shape")) == []
+    with pytest.raises(ValueError, match="types"):
+        next(task.iter_split("train", 1, types=("colour",)))

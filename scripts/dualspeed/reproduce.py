@@ -287,7 +287,7 @@ def _read_json(path: str):
 
 
 def task_root_for(P: Preset, cache_dir: str) -> str:
-    return os.path.join(cache_dir, f"task-s{P.task_seed}-{_hash(P.task_sizes)}")
+    return os.path.join(cache_dir, f"task-s{P.task_seed}-{_hash([P.task_sizes, list(P.question_types)])}")
 
 
 def prepare_task(P: Preset, cache_dir: str, task_root: Optional[str] = None, log=print) -> str:
@@ -297,14 +297,15 @@ def prepare_task(P: Preset, cache_dir: str, task_root: Optional[str] = None, log
         return os.path.abspath(task_root)
     root = task_root_for(P, cache_dir)
     marker = os.path.join(root, ".complete.json")
-    want = {"seed": P.task_seed, "sizes": P.task_sizes}
+    want = {"seed": P.task_seed, "sizes": P.task_sizes, "types": list(P.question_types)}
     if _read_json(marker) == want:
         return os.path.abspath(root)
     from scripts.toy.task import build_task
 
-    log(f"[reproduce] building the toy task under {root} (sizes {P.task_sizes}, seed {P.task_seed})")
+    log(f"[reproduce] building the toy task under {root} (sizes {P.task_sizes}, seed {P.task_seed}, "
+        f"questions {', '.join(P.question_types)})")
     t0 = time.perf_counter()
-    build_task(root, seed=P.task_seed, sizes=dict(P.task_sizes), progress=True)
+    build_task(root, seed=P.task_seed, sizes=dict(P.task_sizes), progress=True, types=P.question_types)
     _write_json(marker, want)
     log(f"[reproduce] task built in {time.perf_counter() - t0:.1f} s")
     return os.path.abspath(root)
@@ -335,7 +336,9 @@ def model_paths_for(source: str, P: Preset, cache_dir: str, task_root: str) -> d
 
         return asset_paths(os.path.join(REPO, "playground", "tiny"))
     if source == "toy":
-        root = os.path.join(cache_dir, f"toy-models-s{P.model_seed}-{_hash([task_root, P.model_seed])}")
+        from scripts.toy.models import RECIPE  # a new build recipe must not reuse an old build
+
+        root = os.path.join(cache_dir, f"toy-models-s{P.model_seed}-{_hash([task_root, P.model_seed, RECIPE])}")
         done = _read_json(os.path.join(root, ".complete.json")) or {}
         return {"root": root, **{k: done[k] for k in ("model", "vision_tower") if k in done}}
     raise SystemExit(f"unknown model source {source!r} (auto, toy, tiny)")
@@ -1384,6 +1387,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task-root", default=None, help="an already built toy task (default: build under --cache-dir)")
     g.add_argument("--cache-dir", default=os.path.join(REPO, "results", ".cache"),
                    help="where the task and the toy models are built once (default results/.cache)")
+    g.add_argument("--types", nargs="+", default=None, choices=QUESTION_TYPES,
+                   help="question types of the toy task (default: the preset's, color shape)")
     g.add_argument("--eval-per-type", type=int, default=None, help="test questions per question type")
     g.add_argument("--eval-limit", type=int, default=None, help="at most this many test questions")
     g = p.add_argument_group("training (appended to the scripts' flags)")
@@ -1428,7 +1433,7 @@ def resolve_preset(args) -> Preset:
     P = presets_mod.get(args.preset)
     tup = lambda x: tuple(x) if x is not None else None  # noqa: E731
     return P.replace(
-        tables=tup(args.tables), seeds=tup(args.seeds), eval_per_type=args.eval_per_type, eval_limit=args.eval_limit,
+        tables=tup(args.tables), seeds=tup(args.seeds), question_types=tup(args.types), eval_per_type=args.eval_per_type, eval_limit=args.eval_limit,
         pretrain_steps=args.pretrain_steps, sft_steps=args.sft_steps, pretrain_batch=args.pretrain_batch,
         sft_batch=args.sft_batch, pretrain_lr=args.pretrain_lr, sft_lr=args.sft_lr,
         mm_projector_lr=args.mm_projector_lr, lora_r=args.lora_r,
@@ -1479,7 +1484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models = {"source": source, "model": args.base_llm or mp.get("model", os.path.join(mp["root"], "<llm>")),
                   "vision_tower": args.vision_tower or mp.get("vision_tower", os.path.join(mp["root"], "<clip>"))}
         qfile = os.path.join(out, "data", "test_questions.jsonl")
-        n_q = (P.eval_per_type or 70) * len(QUESTION_TYPES)
+        n_q = (P.eval_per_type or 70) * len(P.question_types)
         if P.eval_limit:
             n_q = min(n_q, P.eval_limit)
         runner = Runner(P, args, out, task_root, models, qfile, [], dry_run=True)

@@ -89,30 +89,19 @@ def load_features(path: str, task_dir: str, tower: str, progress: bool = False) 
 
 def oracle_features(task_dir: str, tokenizer, lm) -> Dict[str, tuple]:
     """The IDEAL tower: per patch, the LM's own word embeddings of the owning object's colour, shape, size and
-    letter ('none' without one), summed and halved; background patches are zero. Same layout as
-    load_features, already in the LM's input space (the projector is then the identity). It separates the
-    LM's side of the problem (learn which tokens answer the question) from the tower's."""
-    emb = lm.get_input_embeddings().weight.detach().float()
-    words: Dict[str, torch.Tensor] = {}
+    letter ('none' without one), summed and halved; background patches are zero (scripts/toy/scene_warmup.py's
+    grid layout, what the scene warm-up trains on). Same layout as load_features, already in the LM's input
+    space (the projector is then the identity). It separates the LM's side of the problem (learn which
+    tokens answer the question) from the tower's."""
+    from scripts.toy.scene_warmup import WordVectors, scene_tokens
 
-    def word(w: str) -> torch.Tensor:
-        if w not in words:  # mean over the word's pieces, as it appears after a space in the questions
-            words[w] = emb[tokenizer(" " + w, add_special_tokens=False).input_ids].mean(0)
-        return words[w]
-
+    word = WordVectors(lm.get_input_embeddings().weight.detach().float(), tokenizer)
     out = {}
     for split in SPLITS:
         imgs = sorted({r["image"] for r in read_questions(task_dir, split)})
         with open(os.path.join(task_dir, split, "objects.json")) as f:
             truth = json.load(f)
-        x = torch.zeros(len(imgs), toy_task.GRID * toy_task.GRID, emb.shape[1])
-        for i, img in enumerate(imgs):
-            objs = truth[img]["objects"]
-            vec = [(word(o["color"]) + word(o["shape"]) + word(o["size"]) + word(o["glyph"] or "none")) / 2
-                   for o in objs]
-            for p, ch in enumerate("".join(truth[img]["patch_map"])):
-                if ch != ".":
-                    x[i, p] = vec[int(ch)]
+        x = torch.stack([scene_tokens(truth[img]["objects"], truth[img]["patch_map"], word, "grid") for img in imgs])
         out[split] = (imgs, x.half())
     return out
 
@@ -125,14 +114,17 @@ def multi_turn(task_dir: str, k: int, types: Sequence[str], seed: int) -> List[t
     meta = json.load(open(os.path.join(task_dir, "meta.json")))
     held: set = set()
     for split in ("test", "val"):  # build order: val excludes test, train excludes both
-        held |= {s["key"] for s in toy_task.iter_split(split, meta["sizes"].get(split, 0), meta["seed"], 1,
-                                                       exclude=set(held))}
+        held |= {s["key"] for s in toy_task.iter_split(split, meta["sizes"].get(split, 0), meta["seed"],
+                                                       meta["questions_per_image"].get(split) or 1,
+                                                       exclude=set(held),
+                                                       types=meta.get("question_types", toy_task.QUESTION_TYPES))}
     stored = collections.defaultdict(list)
     for r in read_questions(task_dir, "train"):
         stored[r["image"]].append(r["text"])
     out = []
     for smp in toy_task.iter_split("train", meta["sizes"]["train"], meta["seed"],
-                                   meta["questions_per_image"]["train"], exclude=held):
+                                   meta["questions_per_image"]["train"], exclude=held,
+                                   types=meta.get("question_types", toy_task.QUESTION_TYPES)):
         texts = [f"{q['question']}\n{toy_task.SHORT_ANSWER_SUFFIX}" for q in smp["questions"]]
         if texts != stored[smp["image"]]:
             raise SystemExit(f"{smp['image']}: re-derived scene does not match the task (other task code?)")

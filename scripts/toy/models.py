@@ -41,8 +41,13 @@ script gives the tiny stand-ins an offline "pretraining" of their own, on the to
    conversations (vicuna_v1, "USER: What color is the square?\\nAnswer the question using a single word
    or phrase. ASSISTANT: Blue</s>..."), tokenised exactly as LLaVA does (`tokenizer_image_token`) with the
    image placeholder dropped. So it knows the vocabulary, the template and the answer format; it cannot
-   know the answers (no image), so it learns the answer priors only. Saved with the tokenizer files
-   (as scripts/tiny/llm.py) = the base-LLM folder for `--model_name_or_path`.
+   know the answers (no image), so it learns the answer priors only. Then a SCENE warm-up
+   (scripts/toy/scene_warmup.py, `--scene-steps`, default 1000, ~7 min on one core): the task's question
+   types asked about fresh scenes written as word embeddings (each object = its attribute words' vectors),
+   placed where LLaVA puts the image tokens. That is the stand-in for a base LLM that already knows how to
+   find an answer in its context: without it the toy LLM needs thousands of SFT steps before it reads the
+   image at all. Saved with the tokenizer files (as scripts/tiny/llm.py) = the base-LLM folder for
+   `--model_name_or_path`.
 
 Determinism: everything derives from `seed` (torch.manual_seed for the inits, torch.Generators for data
 order and crops), sentencepiece trains single-threaded, and torch runs with a fixed thread count
@@ -114,7 +119,10 @@ LLM_CONFIG = dict(
     use_cache=True,
 )
 DEFAULTS = dict(vision_steps=700, vision_batch=4, vision_lr=3e-3, lm_steps=250, lm_batch=16, lm_lr=3e-3,
-                vocab_size=1000, threads=1)
+                vocab_size=1000, threads=1, scene_steps=1000, scene_lr=1e-3)
+# Bumped when the build recipe changes, so that the reproduction driver's model cache is rebuilt.
+RECIPE = "toy-models-v2-scene-warmup"
+
 
 # Per-patch heads: name -> number of classes (0 = background everywhere).
 PATCH_HEADS = {"color": 1 + len(COLOR_NAMES), "shape": 1 + len(SHAPES),
@@ -727,10 +735,15 @@ def _tokenize_without_image(prompt: str, tokenizer) -> List[int]:
 
 
 def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, batch_size: int = 16,
-              lr: float = 3e-3, vocab_size: int = 1000, progress: bool = True, **overrides) -> dict:
+              lr: float = 3e-3, vocab_size: int = 1000, progress: bool = True, scene_steps: int = 0,
+              scene_lr: float = DEFAULTS["scene_lr"], scene_types: Optional[Sequence[str]] = None,
+              **overrides) -> dict:
     """Train the tokenizer, warm up a small LlamaForCausalLM on the toy text, save both to `out_dir`.
 
-    Returns {path, history, seconds, n_sequences, vocab_size, eval_loss (held-out val conversations)}.
+    Then, with `scene_steps` > 0, the second warm-up stage (scripts/toy/scene_warmup.py): questions about
+    scenes written in word embeddings, of `scene_types` (default: the task's meta.json `question_types`).
+    Returns {path, history, seconds, n_sequences, vocab_size, eval_loss (held-out val conversations),
+    scene: {steps, types, seconds, first_loss, last_loss, accuracy (grid layout, fresh scenes)} or None}.
     """
     import torch
     from tqdm import tqdm
@@ -795,10 +808,23 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
         with torch.no_grad():
             ids, lab, att = collate(val_seqs)
             eval_loss = float(model(input_ids=ids, attention_mask=att, labels=lab).loss)
+    scene = None
+    if scene_steps > 0:
+        from scripts.toy.scene_warmup import scene_accuracy, scene_warmup
+
+        types = list(scene_types or (_read_json(os.path.join(data_root, "meta.json")) or {}).get(
+            "question_types", QUESTION_TYPES))
+        t1 = time.perf_counter()
+        hist = scene_warmup(model, tokenizer, scene_steps, types, lr=scene_lr, seed=seed, data_root=data_root,
+                            progress=progress)
+        tail = [h["loss"] for h in hist[-50:]]
+        scene = {"steps": scene_steps, "types": types, "lr": scene_lr, "seconds": round(time.perf_counter() - t1, 1),
+                 "first_loss": hist[0]["loss"], "last_loss": sum(tail) / len(tail),
+                 "accuracy": scene_accuracy(model, tokenizer, types, n=100, data_root=data_root)}
     model.generation_config.pad_token_id = pad
     model.save_pretrained(out_dir)
     return {"path": out_dir, "history": history, "seconds": time.perf_counter() - t0, "n_sequences": len(seqs),
-            "vocab_size": len(tokenizer), "eval_loss": eval_loss}
+            "vocab_size": len(tokenizer), "eval_loss": eval_loss, "scene": scene}
 
 
 # --------------------------------------------------------------------------------------------- build
@@ -808,7 +834,8 @@ def build_toy_models(data_root: str, out_root: str, seed: int = 0, vision_steps:
                      lm_lr: float = DEFAULTS["lm_lr"], vocab_size: int = DEFAULTS["vocab_size"],
                      threads: Optional[int] = DEFAULTS["threads"], eval_split: Optional[str] = "val",
                      vision_overrides: Optional[dict] = None, llm_overrides: Optional[dict] = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, scene_steps: int = DEFAULTS["scene_steps"],
+                     scene_lr: float = DEFAULTS["scene_lr"]) -> dict:
     """Build both folders under `out_root`; returns dict(model=<vicuna-toy>, vision_tower=<clip folder>,
     report=<timings, losses, val patch accuracies>) and writes the report to `out_root/build_report.json`."""
     prev_threads = torch.get_num_threads()
@@ -816,7 +843,7 @@ def build_toy_models(data_root: str, out_root: str, seed: int = 0, vision_steps:
         torch.set_num_threads(threads)
     try:
         return _build(data_root, out_root, seed, vision_steps, vision_batch, vision_lr, lm_steps, lm_batch, lm_lr,
-                      vocab_size, eval_split, vision_overrides, llm_overrides, progress)
+                      vocab_size, eval_split, vision_overrides, llm_overrides, progress, scene_steps, scene_lr)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -828,13 +855,13 @@ def _transformers_version() -> str:
 
 
 def _build(data_root, out_root, seed, vision_steps, vision_batch, vision_lr, lm_steps, lm_batch, lm_lr, vocab_size,
-           eval_split, vision_overrides, llm_overrides, progress) -> dict:
+           eval_split, vision_overrides, llm_overrides, progress, scene_steps, scene_lr) -> dict:
     t0 = time.perf_counter()
     out_root = os.path.abspath(out_root)
     os.makedirs(out_root, exist_ok=True)
     vision_dir = os.path.join(out_root, VISION_DIR)
     llm_dir = os.path.join(out_root, LLM_DIR)
-    report: dict = {"seed": seed, "data": os.path.abspath(data_root), "threads": torch.get_num_threads(),
+    report: dict = {"recipe": RECIPE, "seed": seed, "data": os.path.abspath(data_root), "threads": torch.get_num_threads(),
                     "vision_config": dict(VISION_CONFIG, **(vision_overrides or {})),
                     "llm_config": dict(LLM_CONFIG, **(llm_overrides or {})),
                     "vision": {"steps": vision_steps, "batch": vision_batch, "lr": vision_lr,
@@ -858,10 +885,11 @@ def _build(data_root, out_root, seed, vision_steps, vision_batch, vision_lr, lm_
     report["vision"]["processor_max_abs_diff"] = _check_processor(vision_dir, samples[0]["image"])
 
     llm = build_llm(llm_dir, data_root, seed=seed, steps=lm_steps, batch_size=lm_batch, lr=lm_lr,
-                    vocab_size=vocab_size, progress=progress, **(llm_overrides or {}))
+                    vocab_size=vocab_size, progress=progress, scene_steps=scene_steps, scene_lr=scene_lr,
+                    **(llm_overrides or {}))
     report["llm"].update(seconds=round(llm["seconds"], 1), n_sequences=llm["n_sequences"],
                          vocab_size=llm["vocab_size"], first_loss=llm["history"][0], last_loss=llm["history"][-1],
-                         val_loss=llm["eval_loss"])
+                         val_loss=llm["eval_loss"], scene_warmup=llm["scene"])
     report["build_seconds"] = round(time.perf_counter() - t0, 1)
 
     if eval_split and os.path.exists(os.path.join(data_root, eval_split, "objects.json")):
@@ -1076,6 +1104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--lm-batch", type=int, default=DEFAULTS["lm_batch"])
     parser.add_argument("--lm-lr", type=float, default=DEFAULTS["lm_lr"])
     parser.add_argument("--vocab-size", type=int, default=DEFAULTS["vocab_size"])
+    parser.add_argument("--scene-steps", type=int, default=DEFAULTS["scene_steps"],
+                        help="steps of the LLM's scene warm-up (scripts/toy/scene_warmup.py; 0: text warm-up only)")
+    parser.add_argument("--scene-lr", type=float, default=DEFAULTS["scene_lr"], help="scene warm-up peak lr")
     parser.add_argument("--vision-width", type=int, default=VISION_CONFIG["hidden_size"],
                         help="CLIP hidden size (MLP 4x)")
     parser.add_argument("--vision-layers", type=int, default=VISION_CONFIG["num_hidden_layers"],
@@ -1102,12 +1133,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                vision_batch=args.vision_batch, vision_lr=args.vision_lr, lm_steps=args.lm_steps,
                                lm_batch=args.lm_batch, lm_lr=args.lm_lr, vocab_size=args.vocab_size,
                                threads=args.threads, eval_split=None if args.no_eval else "val",
-                               vision_overrides=vo, progress=not args.quiet)
+                               vision_overrides=vo, progress=not args.quiet, scene_steps=args.scene_steps,
+                               scene_lr=args.scene_lr)
         rep = out["report"]
         print(f"vision tower: {out['vision_tower']}  ({rep['vision']['seconds']} s, "
               f"loss {rep['vision']['first_loss']:.3f} -> {rep['vision']['last_loss']:.3f})")
         print(f"LLM:          {out['model']}  ({rep['llm']['seconds']} s, loss {rep['llm']['first_loss']:.3f} -> "
               f"{rep['llm']['last_loss']:.3f}, val {rep['llm']['val_loss']:.3f}, vocab {rep['llm']['vocab_size']})")
+        sw = rep["llm"].get("scene_warmup")
+        if sw:
+            print(f"scene warm-up: {sw['steps']} steps on {sw['types']} ({sw['seconds']} s, loss "
+                  f"{sw['first_loss']:.3f} -> {sw['last_loss']:.3f}), accuracy on fresh scenes {sw['accuracy']}")
         print(f"build: {rep['build_seconds']} s")
         acc = rep["vision"].get("val_patch_accuracy")
         if acc:

@@ -549,7 +549,7 @@ def questions_for(scene: dict, rng: random.Random, k: Optional[int] = None,
     1 / how often a type can be asked, so every type is about equally frequent); a type with nothing to
     ask in this scene is dropped (never retried with another answer or another type: either would tie
     the answer distribution to the scene). If all are dropped, an `exists` question (always askable, its
-    yes/no drawn first) is asked instead. Each question:
+    yes/no drawn first) is asked instead, when `types` has it (else the list is empty). Each question:
     {type, question, answer (canonical: lower case, glyphs upper case, counts as digits),
      template (the question with its slots, e.g. 'What color is the {shape}?'), objects (indices referred to
      or counted; for exists, the matching objects)}.
@@ -560,7 +560,7 @@ def questions_for(scene: dict, rng: random.Random, k: Optional[int] = None,
     keyed = [(rng.random() ** feasible[t], t) for t in types]  # Efraimidis-Spirakis, weight 1 / feasible
     chosen = [t for _, t in sorted(keyed, reverse=True)[:k]]
     out = [q for q in (_GENERATORS[t](scene, rng) for t in chosen) if q is not None]
-    if not out:
+    if not out and "exists" in types:
         out = [_q_exists(scene, rng)]
     return out
 
@@ -596,34 +596,43 @@ def _n_questions(spec: Union[int, Sequence[int]], rng: random.Random) -> int:
 
 def iter_split(split: str, n_images: int, seed: int = 0,
                questions_per_image: Union[int, Sequence[int], None] = None,
-               exclude: Optional[set] = None) -> Iterator[dict]:
+               exclude: Optional[set] = None, types: Sequence[str] = QUESTION_TYPES) -> Iterator[dict]:
     """The samples of a split, without pixels: {index, id, image, scene, key, questions | caption, prompt}.
 
     Sample i is drawn from its own Random('dualspeed-toy-v1/<split>/<seed>/<i>/<attempt>'); a scene whose
-    `scene_key` is in `exclude` or already used in this split is redrawn with the next attempt.
+    `scene_key` is in `exclude` or already used in this split is redrawn with the next attempt, and so is a
+    QA scene none of `types` can be asked about (only possible without `exists`; the questions' answers are
+    still never looked at). With every type (the default) the draws are those of the full task.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if questions_per_image is None:
         questions_per_image = DEFAULT_QUESTIONS.get(split, 0)
+    unknown = set(types) - set(QUESTION_TYPES)
+    if not types or unknown:
+        raise ValueError(f"types must be a non-empty subset of {QUESTION_TYPES}, got {list(types)}")
     seen = set()
     for i in range(n_images):
         for attempt in range(1000):
             rng = random.Random(f"{_SEED_PREFIX}/{split}/{seed}/{i}/{attempt}")
             scene = make_scene(rng)
             key = scene_key(scene)
-            if key not in seen and (exclude is None or key not in exclude):
-                break
-        else:  # pragma: no cover - 1000 collisions in a row cannot happen with this scene space
-            raise RuntimeError(f"{split} {i}: no new scene in 1000 attempts")
+            if key in seen or (exclude is not None and key in exclude):
+                continue
+            sample = {"index": i, "id": f"{split}_{i:06d}", "image": _image_rel(split, i), "scene": scene,
+                      "key": key}
+            if split == "pretrain":
+                sample["caption"] = caption_for(scene)
+                sample["prompt"] = rng.choice(PRETRAIN_PROMPTS)
+                sample["image_first"] = rng.random() < 0.5
+            else:
+                sample["questions"] = questions_for(scene, rng, _n_questions(questions_per_image, rng), types)
+                if not sample["questions"]:
+                    continue
+            break
+        else:  # pragma: no cover - 1000 misses in a row cannot happen with this scene space
+            raise RuntimeError(f"{split} {i}: no new askable scene in 1000 attempts")
         seen.add(key)
-        sample = {"index": i, "id": f"{split}_{i:06d}", "image": _image_rel(split, i), "scene": scene, "key": key}
-        if split == "pretrain":
-            sample["caption"] = caption_for(scene)
-            sample["prompt"] = rng.choice(PRETRAIN_PROMPTS)
-            sample["image_first"] = rng.random() < 0.5
-        else:
-            sample["questions"] = questions_for(scene, rng, _n_questions(questions_per_image, rng))
         yield sample
 
 
@@ -662,7 +671,7 @@ def _write_json(obj, path: str, indent: Optional[int] = 1) -> None:
 
 def build_split(root: str, split: str, n_images: int, seed: int = 0,
                 questions_per_image: Union[int, Sequence[int], None] = None, exclude: Optional[set] = None,
-                write_images: bool = True, progress: bool = False) -> dict:
+                write_images: bool = True, progress: bool = False, types: Sequence[str] = QUESTION_TYPES) -> dict:
     """Render and write one split under `root` (see the module docstring for the layout).
 
     Returns {split, image_folder (= root), data_path (LLaVA json), questions (jsonl, None for pretrain),
@@ -673,7 +682,7 @@ def build_split(root: str, split: str, n_images: int, seed: int = 0,
     split_dir = os.path.join(root, split)
     os.makedirs(split_dir, exist_ok=True)
     records, rows, objects, keys = [], [], {}, set()
-    samples = iter_split(split, n_images, seed, questions_per_image, exclude)
+    samples = iter_split(split, n_images, seed, questions_per_image, exclude, types)
     for sample in tqdm(samples, total=n_images, desc=f"{split:>8}", unit="img", disable=not progress):
         keys.add(sample["key"])
         if write_images:
@@ -697,8 +706,10 @@ def build_split(root: str, split: str, n_images: int, seed: int = 0,
 
 def build_task(root: str, seed: int = 0, sizes: Optional[Dict[str, int]] = None,
                questions: Optional[Dict[str, Union[int, Sequence[int]]]] = None,
-               write_images: bool = True, progress: bool = False) -> dict:
+               write_images: bool = True, progress: bool = False, types: Sequence[str] = QUESTION_TYPES) -> dict:
     """Build every split (missing sizes: DEFAULT_SIZES; size 0 skips a split) and root/meta.json.
+
+    `types`: the question types asked (default all; meta.json records them as `question_types`).
 
     Order test, val, train, pretrain: each later split excludes the scenes of the evaluation splits.
     Returns {split: build_split(...) minus keys, 'meta': path}.
@@ -714,7 +725,7 @@ def build_task(root: str, seed: int = 0, sizes: Optional[Dict[str, int]] = None,
             continue
         t0 = time.perf_counter()
         res = build_split(root, split, sizes[split], seed, questions.get(split), exclude=held_out,
-                          write_images=write_images, progress=progress)
+                          write_images=write_images, progress=progress, types=types)
         timings[split] = round(time.perf_counter() - t0, 2)
         if split in ("test", "val"):
             held_out |= res["keys"]
@@ -724,7 +735,7 @@ def build_task(root: str, seed: int = 0, sizes: Optional[Dict[str, int]] = None,
         "seed": seed, "sizes": {s: sizes.get(s, 0) for s in SPLITS},
         "questions_per_image": {s: questions.get(s) for s in QA_SPLITS},
         "canvas": CANVAS, "patch": PATCH, "grid": GRID, "cells": CELLS, "colors": COLORS, "shapes": SHAPES,
-        "sizes_px": SIZE_RADII, "glyphs": GLYPHS, "backgrounds": BACKGROUNDS, "question_types": QUESTION_TYPES,
+        "sizes_px": SIZE_RADII, "glyphs": GLYPHS, "backgrounds": BACKGROUNDS, "question_types": list(types),
         "answers": ANSWERS, "chance": CHANCE, "glyph_backend": glyph_backend(), "pillow": pil_version,
         "splits": {s: {k: (os.path.relpath(v, root) if k in ("data_path", "questions", "objects") and v else v)
                        for k, v in r.items() if k not in ("split", "image_folder")} for s, r in out.items()},
@@ -765,12 +776,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         metavar="K|LO-HI", help="QA turns per train image")
     parser.add_argument("--eval-questions", type=_questions_arg, default=DEFAULT_QUESTIONS["test"],
                         metavar="K|LO-HI", help="questions per val/test image")
+    parser.add_argument("--types", nargs="+", choices=QUESTION_TYPES, default=list(QUESTION_TYPES),
+                        help="question types to ask (train/val/test)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     sizes = {s: getattr(args, s) for s in SPLITS}
     qs = {"train": args.train_questions, "val": args.eval_questions, "test": args.eval_questions}
     t0 = time.perf_counter()
-    out = build_task(args.out, args.seed, sizes, qs, progress=not args.quiet)
+    out = build_task(args.out, args.seed, sizes, qs, progress=not args.quiet, types=args.types)
     total = time.perf_counter() - t0
     print(f"glyph backend: {glyph_backend()}")
     print(f"{'split':>8} {'images':>7} {'records':>8} {'questions':>9} {'seconds':>8} {'MiB':>8}")
