@@ -5,7 +5,8 @@ long (steps, batch sizes, learning rates). Every field can be overridden from th
 `python scripts/dualspeed/reproduce.py --help`.
 
     quick   Table 2 (baseline / NaivePrune / DualSpeed; normal and pruned inference) plus the speed table,
-            1 seed: about 10 minutes on 2 CPU cores once the task and the models exist.
+            1 seed: about 6.5 minutes on 2 CPU cores once the task and the models exist (their one-time
+            build: about 11 minutes, most of it the toy LLM's scene warm-up).
     full    every table and figure (Tables 1-4, Figures 5 and 6), 3 seeds: hours on 2 CPU cores
             (see docs/reproduce.md for the measured run time).
     smoke   the reduced preset of the test suite: tiny untrained models, a few images, 2 training steps,
@@ -92,8 +93,8 @@ QUICK = Preset(
     seeds=(0,),
     eval_per_type=40,
     pretrain_steps=30,
-    sft_steps=60,
-    expected="~7 min on 2 shared CPU cores, after a one-time build of the task and the toy models (~15 min)",
+    sft_steps=120,  # 60 steps: baseline 26 % (chance 18 %); 120: 50 % (docs/reproduce.md)
+    expected="~6.5 min on 2 shared CPU cores, after a one-time build of the task and the toy models (~11 min)",
 )
 
 FULL = Preset(
@@ -103,7 +104,7 @@ FULL = Preset(
     seeds=(0, 1, 2),
     eval_per_type=100,
     pretrain_steps=150,
-    sft_steps=150,
+    sft_steps=300,
     expected="~6-8 h on 2 shared CPU cores (docs/reproduce.md); `--dry-run` prints the plan and an estimate",
 )
 

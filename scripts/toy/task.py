@@ -56,6 +56,11 @@ pretrain. Everything derives from `random.Random` instances seeded from strings 
 PYTHONHASHSEED); the same Pillow build gives byte-identical images and JSON.
 
     python scripts/toy/task.py --out playground/toy --seed 0 --pretrain 2000 --train 2000 --val 200 --test 500
+    python scripts/toy/task.py --out playground/toy-cs --types color shape    # only these question types
+
+`--types` (build_task(types=...)) restricts the questions: the reproduction presets ask color and shape only,
+the types a 3-layer toy LLM learns on a CPU (docs/reproduce.md). With every type the task is byte-identical
+to one built before the option existed.
 """
 from __future__ import annotations
 
