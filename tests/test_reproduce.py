@@ -288,3 +288,12 @@ def test_reruns_repeat(tiny_assets, tmp_path):
                 answers[k] = [json.loads(line)["text"] for line in f]
         runs.append(({s: cell["stages"][s]["train_loss"] for s in ("pretrain", "sft")}, answers))
     assert runs[0] == runs[1]
+
+
+def test_no_progress_silences_the_one_time_task_build(tmp_path, capsys):
+    P = rp.presets_mod.get("smoke")
+    quiet = rp.prepare_task(P, str(tmp_path / "quiet"), log=lambda *a: None, progress=False)
+    assert os.path.isfile(os.path.join(quiet, "meta.json"))
+    assert "img/s" not in capsys.readouterr().err
+    rp.prepare_task(P, str(tmp_path / "loud"), log=lambda *a: None, progress=True)
+    assert "img/s" in capsys.readouterr().err  # the same build with its bars: the check above can fail

@@ -290,7 +290,7 @@ def task_root_for(P: Preset, cache_dir: str) -> str:
     return os.path.join(cache_dir, f"task-s{P.task_seed}-{_hash([P.task_sizes, list(P.question_types)])}")
 
 
-def prepare_task(P: Preset, cache_dir: str, task_root: Optional[str] = None, log=print) -> str:
+def prepare_task(P: Preset, cache_dir: str, task_root: Optional[str] = None, log=print, progress: bool = True) -> str:
     if task_root:
         if not os.path.isfile(os.path.join(task_root, "meta.json")):
             raise SystemExit(f"--task-root {task_root}: no meta.json (build it with scripts/toy/task.py)")
@@ -305,7 +305,7 @@ def prepare_task(P: Preset, cache_dir: str, task_root: Optional[str] = None, log
     log(f"[reproduce] building the toy task under {root} (sizes {P.task_sizes}, seed {P.task_seed}, "
         f"questions {', '.join(P.question_types)})")
     t0 = time.perf_counter()
-    build_task(root, seed=P.task_seed, sizes=dict(P.task_sizes), progress=True, types=P.question_types)
+    build_task(root, seed=P.task_seed, sizes=dict(P.task_sizes), progress=progress, types=P.question_types)
     _write_json(marker, want)
     log(f"[reproduce] task built in {time.perf_counter() - t0:.1f} s")
     return os.path.abspath(root)
@@ -367,7 +367,7 @@ def prepare_models(source: str, P: Preset, cache_dir: str, task_root: str, args,
             from scripts.toy.models import build_toy_models
 
             log(f"[reproduce] building the toy models under {root} (seed {P.model_seed}); this runs once")
-            built = build_toy_models(task_root, root, P.model_seed)
+            built = build_toy_models(task_root, root, P.model_seed, progress=not getattr(args, "no_progress", False))
             out = {"model": os.path.abspath(built["model"]), "vision_tower": os.path.abspath(built["vision_tower"])}
             _write_json(marker, dict(out, built_s=round(time.perf_counter() - t0, 1)))
     if args.base_llm:
@@ -1425,7 +1425,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-going", action="store_true", help="on a failed cell, go on with the others")
     g.add_argument("--only", nargs="+", default=None, metavar="CELL",
                    help="run only these cells (e.g. baseline dualspeed); tables show what exists")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (the cells' and the one-time task and model builds')")
     return p
 
 
@@ -1514,7 +1515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
     os.makedirs(out, exist_ok=True)
-    task_root = prepare_task(P, cache_dir, args.task_root)
+    task_root = prepare_task(P, cache_dir, args.task_root, progress=not args.no_progress)
     questions = select_questions(P, task_root)
     qfile = os.path.join(out, "data", "test_questions.jsonl")
     os.makedirs(os.path.dirname(qfile), exist_ok=True)
