@@ -188,6 +188,11 @@ def test_summary_is_inconclusive_within_the_spread_and_flags_a_model_at_chance(t
     R, rep = _report(tmp_path, _three_variants(chance, chance, chance), P)
     path = rp.write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": [0, 1, 2]})
     assert "did not learn to use the image" in open(path).read()
+    # a baseline that learned: one seed gets the caveat that its spread ignores training, three seeds do not
+    R, rep = _report(tmp_path, _three_variants(0.8, 0.6, 0.8), P)
+    for seeds, caveat in (([0], True), ([0, 1, 2], False)):
+        path = rp.write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": seeds})
+        assert ("One seed: the spread above is the sampling error" in open(path).read()) is caveat
     # slower "DualSpeed": the timing claim says no
     R, rep = _report(tmp_path, _three_variants(0.8, 0.6, 0.8, t_ds=(150.0, 300.0)), P)
     eff = {e["claim"].split(" (")[0]: e for e in rp.effects(R, rep.chance, P)}

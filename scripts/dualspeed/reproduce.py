@@ -1357,6 +1357,11 @@ def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str
         shown = [e["claim"] for e in eff[1:4] if e["verdict"].startswith("yes")]
         lines += [f"Accuracy claims that show beyond the spread: {len(shown)} of 3" +
                   (f" ({'; '.join(shown)})." if shown else "."), ""]
+        if len(meta.get("seeds", [])) < 2:
+            lines += ["**One seed: the spread above is the sampling error of the test questions only, not the "
+                      "spread of training.** On the toy task the training seed moves accuracies by far more (quick "
+                      "preset, seeds 0-2: baseline 32.5-50.0 %, NaivePrune on full sequences 22.5-47.5 %; "
+                      "docs/reproduce.md). Rerun with `--seeds 0 1 2` before trusting an accuracy verdict.", ""]
     lines += ["## Tables", ""]
     for md in mds.values():
         lines += [md, ""]

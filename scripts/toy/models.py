@@ -799,9 +799,9 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        history.append(float(loss))
+        history.append(loss.item())
         if progress:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
     model.eval()
     eval_loss = None
     if val_seqs:
