@@ -159,23 +159,15 @@ def tokenize(samples, index: Dict[str, int], tokenizer, question_first: bool) ->
 def embed_batch(batch, feats, proj, emb, keep: float, gen: torch.Generator):
     """Right-padded (inputs_embeds, labels, attention_mask): the projected patch tokens replace the image
     token, as LlavaMetaForCausalLM does; with keep < 1 a random sorted subset of them (order kept)."""
-    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from scripts.toy.scene_warmup import pad_batch, splice
 
-    seqs, labs = [], []
+    pairs = []
     for row, ids, lab, _ in batch:
         v = feats[row].float()
         if keep < 1:
             v = v[torch.randperm(len(v), generator=gen)[:max(1, round(keep * len(v)))].sort().values]
-        p = int((ids == IMAGE_TOKEN_INDEX).nonzero())
-        seqs.append(torch.cat([emb(ids[:p]), proj(v), emb(ids[p + 1:])]))
-        labs.append(torch.cat([lab[:p], torch.full((len(v),), IGNORE_INDEX), lab[p + 1:]]))
-    n = max(len(s) for s in seqs)
-    x = seqs[0].new_zeros(len(seqs), n, seqs[0].shape[-1])
-    y = torch.full((len(seqs), n), IGNORE_INDEX)
-    mask = torch.zeros(len(seqs), n, dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labs)):
-        x[i, :len(s)], y[i, :len(l)], mask[i, :len(s)] = s, l, 1
-    return x, y, mask
+        pairs.append(splice(ids, lab, proj(v), emb))
+    return pad_batch(pairs)
 
 
 @torch.no_grad()

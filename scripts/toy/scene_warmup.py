@@ -21,6 +21,7 @@ to map the CLIP patch features into this space (the projector) and to cope with 
 """
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -206,16 +207,9 @@ def scene_accuracy(model, tokenizer, types: Sequence[str], n: int = 100, layout:
         x, y = splice(ids, labels, scene_tokens(scene["objects"], patch_map, word, layout), embed)
         pred = model(inputs_embeds=x[None]).logits[0, :-1].argmax(-1)
         tgt = y[1:]
-        # answers are separated by ignored spans: split the target positions into runs, one per question
-        runs, cur = [], []
-        for i, t in enumerate(tgt.tolist()):
-            if t != IGNORE_INDEX:
-                cur.append(i)
-            elif cur:
-                runs.append(cur)
-                cur = []
-        if cur:
-            runs.append(cur)
+        # answers are separated by ignored spans: one run of supervised positions per question
+        runs = [list(g) for k, g in itertools.groupby(range(len(tgt)), key=lambda i: int(tgt[i]) != IGNORE_INDEX)
+                if k]
         for q, run in zip(questions, runs):
             hits[q["type"]] += bool((pred[run] == tgt[run]).all())
             count[q["type"]] += 1
