@@ -12,7 +12,7 @@ as subprocesses, times every stage (wall clock, and the Trainer's own `train_run
 trainer_state.json), scores the answers by exact match per question type (scripts/toy/task.py) and writes
 one JSON per cell; then the tables (Markdown + CSV + PNG), mean +- std over seeds, and summary.md.
 
-    python scripts/dualspeed/reproduce.py --preset quick                 # Table 2 + speed, ~10 min on 2 cores
+    python scripts/dualspeed/reproduce.py --preset quick                 # Table 2 + speed, ~6.5 min on 2 cores
     python scripts/dualspeed/reproduce.py --preset full --seeds 0 1 2    # Tables 1-4, Figures 5-6
     python scripts/dualspeed/reproduce.py --preset quick --dry-run       # the plan and the commands only
     python scripts/dualspeed/reproduce.py --preset quick --report-only   # tables from the cell JSONs there
@@ -1350,9 +1350,9 @@ def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str
                   "in this run.** The accuracy rows above then only compare how well each recipe learned the answer "
                   "format and the answer priors (a recipe can still fall below chance, e.g. by answering out of "
                   "format on sequences it was not trained on); they say nothing about the paper's accuracy claims. "
-                  "Expected with the untrained tiny assets; with the toy models, the toy LLM does not learn the task "
-                  "within these step budgets even from an ideal vision tower (docs/reproduce.md, 'Why the baseline "
-                  "stays at chance'). The timing rows do not depend on it.", ""]
+                  "Expected with the untrained tiny assets; with the toy models, check that the toy LLM had its scene "
+                  "warm-up and that SFT ran long enough (docs/reproduce.md, 'The fix, in part'). The timing rows do "
+                  "not depend on it.", ""]
     else:
         shown = [e["claim"] for e in eff[1:4] if e["verdict"].startswith("yes")]
         lines += [f"Accuracy claims that show beyond the spread: {len(shown)} of 3" +
