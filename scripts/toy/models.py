@@ -734,6 +734,13 @@ def _tokenize_without_image(prompt: str, tokenizer) -> List[int]:
     return [t for t in tokenizer_image_token(prompt, tokenizer) if t != IMAGE_TOKEN_INDEX]
 
 
+def lm_adamw(params, lr: float):
+    """The LLM warm-ups' optimiser: AdamW (0.9, 0.98), weight decay 0.01 on matrices only."""
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98))
+
+
 def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, batch_size: int = 16,
               lr: float = 3e-3, vocab_size: int = 1000, progress: bool = True, scene_steps: int = 0,
               scene_lr: float = DEFAULTS["scene_lr"], scene_types: Optional[Sequence[str]] = None,
@@ -765,9 +772,7 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).to(torch.float32)
     params = list(model.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
+    opt = lm_adamw(params, lr)
     gen = torch.Generator().manual_seed(seed + 3)
     pad = config.pad_token_id
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import weakref
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -63,7 +64,9 @@ def scene_tokens(objects: Sequence[dict], patch_map: Optional[Sequence[str]], wo
     return torch.stack([zero if ch == "." else vecs[int(ch)] for ch in "".join(patch_map)])
 
 
-_CONV_CACHE: Dict[tuple, tuple] = {}  # the templates repeat: a few hundred distinct conversations
+# Per tokenizer (weakly held, so a freed tokenizer's id can never serve another's entries): the templates
+# repeat, a few hundred distinct conversations in all.
+_CONV_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def conversation_ids(questions: Sequence[dict], tokenizer):
@@ -72,8 +75,9 @@ def conversation_ids(questions: Sequence[dict], tokenizer):
     from llava import conversation as conversation_lib
     from llava.train.preprocess import preprocess
 
-    key = (id(tokenizer),) + tuple((q["question"], q["answer"]) for q in questions)
-    if key not in _CONV_CACHE:
+    cache = _CONV_CACHE.setdefault(tokenizer, {})
+    key = tuple((q["question"], q["answer"]) for q in questions)
+    if key not in cache:
         conversation_lib.default_conversation = conversation_lib.conv_templates["vicuna_v1"]
         conv = []
         for r, q in enumerate(questions):
@@ -81,8 +85,8 @@ def conversation_ids(questions: Sequence[dict], tokenizer):
             conv += [{"from": "human", "value": f"<image>\n{text}" if r == 0 else text},
                      {"from": "gpt", "value": toy_task._cap(q["answer"])}]
         enc = preprocess([conv], tokenizer, has_image=True)
-        _CONV_CACHE[key] = (enc["input_ids"][0], enc["labels"][0])
-    return _CONV_CACHE[key]
+        cache[key] = (enc["input_ids"][0], enc["labels"][0])
+    return cache[key]
 
 
 def splice(ids: torch.Tensor, labels: torch.Tensor, visual: torch.Tensor, embed: torch.nn.Module):
@@ -144,7 +148,7 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
     visual token (background included): projected CLIP patches are never the exact word vectors."""
     from tqdm import tqdm
 
-    from scripts.toy.models import _lr_at  # linear warm-up then cosine, as the text warm-up
+    from scripts.toy.models import _lr_at, lm_adamw  # the text warm-up's schedule and optimiser
 
     unknown = set(types) - set(toy_task.QUESTION_TYPES)
     if not types or unknown:
@@ -154,9 +158,7 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
     embed = model.get_input_embeddings()
     word = WordVectors(embed.weight, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
+    opt = lm_adamw(params, lr)
     warmup = max(1, min(100, steps // 10))
     history: List[dict] = []
     model.train()
