@@ -37,3 +37,16 @@ def maybe_setup_cpu_deepspeed(argv=None) -> bool:
 
     PartialState(backend="gloo")
     return True
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits. Left to interpreter teardown, a gloo rank
+    sometimes aborts ("terminate called without an active exception", exit -6) after a finished run, which
+    the deepspeed launcher reports as a failure; the barrier keeps one rank from leaving while another still
+    saves."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()

@@ -18,7 +18,7 @@ from llava.model import LlavaLlamaForCausalLM, LlavaMistralForCausalLM
 from llava.model.attention import pick_attn_implementation
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .cpu_distributed import maybe_setup_cpu_deepspeed
+from .cpu_distributed import maybe_setup_cpu_deepspeed, shutdown_distributed
 from .dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
 from .llava_trainer import (LLaVATrainer, find_all_linear_names, get_mm_adapter_state_maybe_zero_3,
                             get_peft_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3, maybe_zero_3)
@@ -272,6 +272,7 @@ def train(attn_implementation=None):
     if dataset.skipped or dataset.truncated:
         rank0_print(f"Data report: {len(dataset.skipped)} samples skipped (tokenization mismatch), "
                     f"{len(dataset.truncated)} truncated to model_max_length.")
+    shutdown_distributed()
     return trainer
 
 
