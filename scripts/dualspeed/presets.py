@@ -5,10 +5,10 @@ long (steps, batch sizes, learning rates). Every field can be overridden from th
 `python scripts/dualspeed/reproduce.py --help`.
 
     quick   Table 2 (baseline / NaivePrune / DualSpeed; normal and pruned inference) plus the speed table,
-            1 seed: about 6.5 minutes on 2 CPU cores once the task and the models exist (their one-time
+            1 seed: about 9.5 minutes on 2 CPU cores once the task and the models exist (their one-time
             build: about 11 minutes, most of it the toy LLM's scene warm-up).
     full    every table and figure (Tables 1-4, Figures 5 and 6), 3 seeds: hours on 2 CPU cores
-            (see docs/reproduce.md for the measured run time).
+            (about 8.5 h estimated by `--dry-run`; see docs/reproduce.md).
     smoke   the reduced preset of the test suite: tiny untrained models, a few images, 2 training steps,
             3 evaluation questions. Checks the plumbing, measures nothing.
 
@@ -91,10 +91,11 @@ QUICK = Preset(
     description="Table 2 + speed, 1 seed",
     tables=("table2", "speed"),
     seeds=(0,),
-    eval_per_type=40,
+    # 400 questions: with 80 the test sample's own error (~5.5 points) was as large as the spread between seeds
+    eval_per_type=200,
     pretrain_steps=30,
     sft_steps=120,  # 60 steps: baseline 26 % (chance 18 %); 120: 50 % (docs/reproduce.md)
-    expected="~6.5 min on 2 shared CPU cores, after a one-time build of the task and the toy models (~11 min)",
+    expected="~9.5 min on 2 shared CPU cores, after a one-time build of the task and the toy models (~11 min)",
 )
 
 FULL = Preset(
@@ -102,10 +103,10 @@ FULL = Preset(
     description="Tables 1-4 and Figures 5-6, 3 seeds",
     tables=ALL_TABLES,
     seeds=(0, 1, 2),
-    eval_per_type=100,
+    eval_per_type=200,
     pretrain_steps=150,
     sft_steps=300,
-    expected="~6-8 h on 2 shared CPU cores (docs/reproduce.md); `--dry-run` prints the plan and an estimate",
+    expected="~8.5 h on 2 shared CPU cores (docs/reproduce.md); `--dry-run` prints the plan and an estimate",
 )
 
 SMOKE = Preset(
@@ -134,8 +135,8 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (QUICK, FULL, SMOKE)}
 COST = {
     "train_startup_s": 8.0,          # python + imports + model load + save, per training run
     "train_sample_s": 0.12,          # per sample (image), toy models, 1 thread: ~0.2 plain, ~0.08 pruned
-    "eval_startup_s": 8.0,           # per evaluation process
-    "eval_question_s": 0.3,          # per question, greedy, 3 new tokens
+    "eval_startup_s": 4.0,           # per evaluation process
+    "eval_question_s": 0.065,        # per question, greedy, toy models (400 questions: 24-33 s, 80: 8-10 s)
 }
 
 

@@ -12,7 +12,7 @@ as subprocesses, times every stage (wall clock, and the Trainer's own `train_run
 trainer_state.json), scores the answers by exact match per question type (scripts/toy/task.py) and writes
 one JSON per cell; then the tables (Markdown + CSV + PNG), mean +- std over seeds, and summary.md.
 
-    python scripts/dualspeed/reproduce.py --preset quick                 # Table 2 + speed, ~6.5 min on 2 cores
+    python scripts/dualspeed/reproduce.py --preset quick                 # Table 2 + speed, ~9.5 min on 2 cores
     python scripts/dualspeed/reproduce.py --preset full --seeds 0 1 2    # Tables 1-4, Figures 5-6
     python scripts/dualspeed/reproduce.py --preset quick --dry-run       # the plan and the commands only
     python scripts/dualspeed/reproduce.py --preset quick --report-only   # tables from the cell JSONs there
@@ -1335,8 +1335,9 @@ def paired_claim(out: List[dict], claim: str, diffs: Stat, a: Stat, b: Stat, dir
         d, s = None, None
     else:
         d, s = diffs.mean, diffs.std if diffs.k > 1 else compare(a, b)[1]
+    agree = sum(1 for x in diffs.values if x * direction > 0)
     out.append({"claim": claim, "diff": d, "spread": s, "verdict": verdict(d, s, direction), "unit": "acc",
-                "detail": f"{diffs.k} seeds" if diffs.k else ""})
+                "detail": f"that way in {agree} of {diffs.k} seeds" if diffs.k else ""})
 
 
 def load_line(R: Results) -> str:
@@ -1393,7 +1394,7 @@ def write_summary(out: str, P: Preset, R: Results, report: Report, mds: Dict[str
         if len(meta.get("seeds", [])) < 2:
             lines += ["**One seed: the spread above is the sampling error of the test questions only, not the "
                       "spread of training.** On the toy task the training seed moves accuracies by far more (quick "
-                      "preset, seeds 0-6: baseline 32.5-52.5 %, NaivePrune on full sequences 22.5-48.8 %; "
+                      "preset, seeds 0-7: baseline 40.5-52.0 %, NaivePrune on full sequences 19.8-49.8 %; "
                       "docs/reproduce.md). Rerun with `--seeds 0 1 2` before trusting an accuracy verdict.", ""]
     lines += ["## Tables", ""]
     for md in mds.values():
