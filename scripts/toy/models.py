@@ -741,6 +741,18 @@ def lm_adamw(params, lr: float):
                              lr=lr, betas=(0.9, 0.98))
 
 
+def lm_step(model, opt, params, lr: float, **inputs) -> float:
+    """One optimisation step of an LLM warm-up: set the LR, forward, backward, clip at 1.0, step; the loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = model(**inputs).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.item()
+
+
 def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, batch_size: int = 16,
               lr: float = 3e-3, vocab_size: int = 1000, progress: bool = True, scene_steps: int = 0,
               scene_lr: float = DEFAULTS["scene_lr"], scene_types: Optional[Sequence[str]] = None,
@@ -797,14 +809,8 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
             order.extend(torch.randperm(len(seqs), generator=gen).tolist())
         idx, order = order[:batch_size], order[batch_size:]
         ids, lab, att = collate([seqs[i] for i in idx])
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr, warmup)
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append(loss.item())
+        history.append(lm_step(model, opt, params, _lr_at(step, steps, lr, warmup),
+                               input_ids=ids, attention_mask=att, labels=lab))
         if progress:
             bar.set_postfix(loss=f"{history[-1]:.3f}")
     model.eval()

@@ -148,7 +148,7 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
     visual token (background included): projected CLIP patches are never the exact word vectors."""
     from tqdm import tqdm
 
-    from scripts.toy.models import _lr_at, lm_adamw  # the text warm-up's schedule and optimiser
+    from scripts.toy.models import _lr_at, lm_adamw, lm_step  # the text warm-up's schedule, optimiser, step
 
     unknown = set(types) - set(toy_task.QUESTION_TYPES)
     if not types or unknown:
@@ -176,14 +176,9 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
                 visual = visual + noise * scale * torch.randn(visual.shape, generator=gen)
             pairs.append(splice(ids, labels, visual, embed))
         x, y, mask = pad_batch(pairs)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr, warmup)
-        loss = model(inputs_embeds=x, attention_mask=mask, labels=y).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append({"step": step, "layout": layout, "loss": loss.item()})
+        loss = lm_step(model, opt, params, _lr_at(step, steps, lr, warmup),
+                       inputs_embeds=x, attention_mask=mask, labels=y)
+        history.append({"step": step, "layout": layout, "loss": loss})
         if progress:
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", layout=layout)
     model.eval()
