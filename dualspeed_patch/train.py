@@ -8,11 +8,7 @@ whose `llava.train.train.train()` reads sys.argv works (ours, upstream llava-tor
 from __future__ import annotations
 
 import importlib
-import os
 import sys
-
-if __package__ in (None, ""):  # run as a file by the deepspeed launcher
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def split_args(argv):

@@ -44,13 +44,6 @@ DROP_COLUMNS = ["hint", "category", "source", "image", "comment", "l2-category"]
 CIRCULAR_MOD = 1_000_000
 
 
-def _ensure_repo_on_path() -> None:
-    # `python scripts/<name>.py` puts scripts/ (not the repo root) on sys.path.
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if repo_root not in sys.path:
-        sys.path.insert(0, repo_root)
-
-
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MMBench answers -> upload .xlsx, plus a local CircularEval")
     p.add_argument("--annotation-file", type=str, required=True)
@@ -199,7 +192,6 @@ def _guess_benchmark(annotation_file: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    _ensure_repo_on_path()
     from llava.eval.summarize import write_score_file
 
     args = get_args(argv)

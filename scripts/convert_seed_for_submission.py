@@ -22,15 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
-
-
-def _ensure_repo_on_path() -> None:
-    # `python scripts/<name>.py` puts scripts/ (not the repo root) on sys.path.
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if repo_root not in sys.path:
-        sys.path.insert(0, repo_root)
 
 
 def get_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -63,7 +55,6 @@ def accuracy(questions: List[dict], results: Dict[str, dict], data_type: Optiona
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    _ensure_repo_on_path()
     from llava.eval.summarize import write_score_file
 
     args = get_args(argv)

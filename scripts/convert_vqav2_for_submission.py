@@ -21,15 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
-
-
-def _ensure_repo_on_path() -> None:
-    # `python scripts/<name>.py` puts scripts/ (not the repo root) on sys.path.
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if repo_root not in sys.path:
-        sys.path.insert(0, repo_root)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -51,7 +43,6 @@ def _gt_list(raw) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    _ensure_repo_on_path()
     from llava.eval.m4c_evaluator import EvalAIAnswerProcessor, TextVQAAccuracyEvaluator
     from llava.eval.summarize import write_score_file
 

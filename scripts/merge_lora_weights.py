@@ -14,14 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-
-
-def _ensure_repo_on_path() -> None:
-    # `python scripts/merge_lora_weights.py` puts scripts/ (not the repo root) on sys.path.
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if repo_root not in sys.path:
-        sys.path.insert(0, repo_root)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def merge_lora(args: argparse.Namespace) -> None:
-    _ensure_repo_on_path()
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 

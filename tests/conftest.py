@@ -1,12 +1,9 @@
 """Shared fixtures: tiny offline assets are built once per test session."""
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_tokenizer_path(tmp_path_factory):
     """A tiny Vicuna-layout tokenizer folder, trained offline."""
-    from scripts.tiny.tokenizer import train_tokenizer
+    from dualspeed_lab.tiny.tokenizer import train_tokenizer
 
     words = ("what color shape is the object left right top bottom red green blue yellow circle square "
              "triangle how many are there describe picture a an of in on and it this image").split()
@@ -36,6 +33,6 @@ def tiny_tokenizer(tiny_tokenizer_path):
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
     """The tiny offline assets (models + data) built once per session by scripts/build_tiny_assets.py."""
-    from scripts.build_tiny_assets import build_all
+    from dualspeed_lab.tiny.build import build_all
 
     return build_all(str(tmp_path_factory.mktemp("tiny")))

@@ -11,7 +11,7 @@ BIN = os.path.dirname(sys.executable)
 
 
 def build_tiny_clip(folder):
-    from scripts.tiny.vision import build_vision_tower
+    from dualspeed_lab.tiny.vision import build_vision_tower
 
     return build_vision_tower(str(folder), seed=0)
 

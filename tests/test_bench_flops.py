@@ -1,11 +1,11 @@
-"""The DualSpeed FLOP model (scripts/dualspeed/flops.py) and a smoke run of the step benchmark."""
+"""The DualSpeed FLOP model (dualspeed_lab/bench/flops.py) and a smoke run of the step benchmark."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from scripts.dualspeed import flops
+from dualspeed_lab.bench import flops
 from tests.helpers import ROOT
 
 PS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
@@ -60,12 +60,11 @@ def test_from_model_reads_the_shapes(tmp_path):
 
 def test_bench_step_tiny_prints_the_table():
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    script = os.path.join(ROOT, "scripts", "dualspeed", "bench_step.py")
-    proc = subprocess.run([sys.executable, script, "--preset", "tiny", "--repeats", "1", "--warmup", "0",
+    proc = subprocess.run([sys.executable, "-m", "dualspeed_lab.bench.bench_step", "--preset", "tiny", "--repeats", "1", "--warmup", "0",
                            "--threads", "1", "--pruner-images", "4"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    from scripts.dualspeed.bench_step import TABLE_HEADER
+    from dualspeed_lab.bench.bench_step import TABLE_HEADER
 
     assert TABLE_HEADER in proc.stdout
     for row in ("baseline step", "fast step", "slow step", "pruned teacher forward", "pruner batched"):

@@ -52,7 +52,7 @@ def make_eval_checkpoint(assets, folder):
 
 @pytest.fixture(scope="module")
 def eval_setup(tiny_assets, tmp_path_factory):
-    from scripts.eval_fixtures import build_eval_fixtures
+    from dualspeed_lab.tiny.eval_fixtures import build_eval_fixtures
 
     root = tmp_path_factory.mktemp("eval_e2e")
     fixtures = build_eval_fixtures(str(root / "eval"))

@@ -1,4 +1,4 @@
-"""scripts/toy/lm_probe.py on a tiny toy task with untrained tiny models: plumbing, cache, determinism."""
+"""dualspeed_lab/toy/lm_probe.py on a tiny toy task with untrained tiny models: plumbing, cache, determinism."""
 import json
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from scripts.toy import lm_probe
-from scripts.toy import models as toy_models
-from scripts.toy import task
+from dualspeed_lab.toy import lm_probe
+from dualspeed_lab.toy import models as toy_models
+from dualspeed_lab.toy import task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +69,7 @@ def test_variants_run(setup):
 
 
 def test_help():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "toy", "lm_probe.py"), "--help"],
+    res = subprocess.run([sys.executable, "-m", "dualspeed_lab.toy.lm_probe", "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "--features" in res.stdout and "--turns" in res.stdout

@@ -1,4 +1,4 @@
-"""The offline reproduction driver (scripts/dualspeed/reproduce.py).
+"""The offline reproduction driver (dualspeed_lab.reproduce).
 
 Fast: the plan (which cells share a pretraining run, which evaluations each cell gets), the statistics and
 the "does the effect show?" wording on synthetic cell JSONs, and --dry-run.
@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from scripts.dualspeed import presets
-from scripts.dualspeed import reproduce as rp
+from dualspeed_lab.reproduce import presets
+from dualspeed_lab.reproduce import driver as rp
 from tests.helpers import BIN, ROOT
 
 TYPES = ("color", "shape", "count", "position", "glyph", "exists", "size")
@@ -226,7 +226,7 @@ def test_full_preset_tables_from_synthetic_results(tmp_path):
 def test_driver_end_to_end_on_the_reduced_preset(tiny_assets, tmp_path):
     pytest.importorskip("matplotlib")
     out, cache = tmp_path / "out", tmp_path / "cache"
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "dualspeed", "reproduce.py"), "--preset", "smoke",
+    cmd = [sys.executable, "-m", "dualspeed_lab.reproduce", "--preset", "smoke",
            "--out", str(out), "--cache-dir", str(cache), "--base-llm", tiny_assets["model"],
            "--vision-tower", tiny_assets["vision_tower"]]
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
@@ -280,7 +280,7 @@ def test_reruns_repeat(tiny_assets, tmp_path):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        cmd = [sys.executable, os.path.join(ROOT, "scripts", "dualspeed", "reproduce.py"), "--preset", "smoke",
+        cmd = [sys.executable, "-m", "dualspeed_lab.reproduce", "--preset", "smoke",
                "--only", "baseline", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--base-llm",
                tiny_assets["model"], "--vision-tower", tiny_assets["vision_tower"], "--no-progress"]
         env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))

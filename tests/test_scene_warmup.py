@@ -1,4 +1,4 @@
-"""scripts/toy/scene_warmup.py: the toy LLM's second warm-up stage (questions about scenes written in word
+"""dualspeed_lab/toy/scene_warmup.py: the toy LLM's second warm-up stage (questions about scenes written in word
 embeddings). Layouts, LLaVA tokenisation, held-out scenes, and a few training steps on a tiny LLM."""
 import json
 import os
@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from scripts.toy import models as toy_models
-from scripts.toy import scene_warmup as sw
-from scripts.toy import task
+from dualspeed_lab.toy import models as toy_models
+from dualspeed_lab.toy import scene_warmup as sw
+from dualspeed_lab.toy import task
 
 TYPES = ["color", "shape"]
 

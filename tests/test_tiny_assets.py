@@ -6,11 +6,11 @@ import random
 
 import torch
 
-from scripts.tiny.data import SHAPE_COLORS, make_scene, render_scene
+from dualspeed_lab.tiny.data import SHAPE_COLORS, make_scene, render_scene
 
 
 def test_two_builds_with_one_seed_are_identical(tiny_assets, tmp_path):
-    from scripts.build_tiny_assets import build_all
+    from dualspeed_lab.tiny.build import build_all
 
     again = build_all(str(tmp_path / "again"))
     for key in ("pretrain_data", "finetune_data"):
@@ -118,7 +118,7 @@ def test_image_processor_gives_336_crops_without_torchvision(tiny_assets):
 def test_rerun_is_skipped_when_the_marker_exists(tiny_assets):
     import time
 
-    from scripts.build_tiny_assets import build_all
+    from dualspeed_lab.tiny.build import build_all
 
     before = os.path.getmtime(tiny_assets["finetune_data"])
     t0 = time.time()

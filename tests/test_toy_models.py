@@ -1,4 +1,4 @@
-"""Offline-pretrained toy components (scripts/toy/models.py): folders load, shapes, and pretraining learns.
+"""Offline-pretrained toy components (dualspeed_lab/toy/models.py): folders load, shapes, and pretraining learns.
 
 Tiny task (a dozen images) and tiny step counts: this checks the plumbing, not the quality (the full
 build's val accuracies are in <out>/build_report.json).
@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from scripts.toy import models as toy_models
-from scripts.toy import task
+from dualspeed_lab.toy import models as toy_models
+from dualspeed_lab.toy import task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"pretrain": 6, "train": 6, "val": 3, "test": 0}
@@ -143,7 +143,7 @@ def test_pretraining_is_deterministic(toy_data):
 
 
 def test_cli_help():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "toy", "models.py"), "--help"],
+    res = subprocess.run([sys.executable, "-m", "dualspeed_lab.toy.models", "--help"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "--vision-steps" in res.stdout and "--lm-steps" in res.stdout

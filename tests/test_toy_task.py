@@ -1,4 +1,4 @@
-"""The synthetic local-evidence task (scripts/toy/task.py) and its image-blind baseline.
+"""The synthetic local-evidence task (dualspeed_lab/toy/task.py) and its image-blind baseline.
 
 Small sizes only: a few dozen rendered images, a few thousand questions generated without pixels.
 """
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.toy import task
-from scripts.toy.blind_baseline import as_eval_rows, blind_table, format_table
-from scripts.toy.blind_baseline import main as blind_main
+from dualspeed_lab.toy import task
+from dualspeed_lab.toy.blind_baseline import as_eval_rows, blind_table, format_table
+from dualspeed_lab.toy.blind_baseline import main as blind_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"pretrain": 6, "train": 30, "val": 6, "test": 20}
@@ -334,7 +334,7 @@ def test_blind_baseline_cli(built, tmp_path, capsys):
 
 
 def test_task_cli_help():
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "toy", "task.py"), "--help"],
+    res = subprocess.run([sys.executable, "-m", "dualspeed_lab.toy.task", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "--train" in res.stdout and "--pretrain" in res.stdout
 

@@ -3,19 +3,16 @@ dualspeed_patch through upstream's own classes.
 
 The session fixture builds/reuses ``.venv-upstream`` with tests/upstream/setup_upstream_env.sh (~1 min the
 first time, ~0.2 s after). Set DUALSPEED_SKIP_UPSTREAM=1 to skip; any other setup failure fails the tests.
-Patch tests can reuse ``upstream_env`` by importing it: ``from test_upstream_llava import upstream_env``,
+Patch tests can reuse ``upstream_env`` by importing it: ``from tests.test_upstream_llava import upstream_env``,
 or call ``upstream.helpers.ensure_upstream_env()`` in their own fixture.
 """
 import os
-import sys
 
 import pytest
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+from tests.upstream import helpers
 
-from upstream import helpers  # noqa: E402  (tests/upstream/helpers.py)
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 pytestmark = [pytest.mark.upstream, pytest.mark.slow]
 

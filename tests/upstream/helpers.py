@@ -2,7 +2,7 @@
 
 Usage from a test (our own env, pytest)::
 
-    from upstream.helpers import run_upstream          # tests/ is on sys.path under pytest
+    from tests.upstream.helpers import run_upstream
     proc = run_upstream('''
     import dualspeed_patch, tiny_upstream, tempfile
     ...

@@ -107,7 +107,7 @@ recipe() {
     fi
 }
 
-# Recipes of a table (the same rows as the offline driver, scripts/dualspeed/reproduce.py).
+# Recipes of a table (the same rows as the offline driver, dualspeed_lab.reproduce).
 table_recipes() {
     case "$1" in
         table2|speed) echo "baseline naiveprune dualspeed" ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Offline-pretrained tiny components for the toy task: a CLIP-style vision tower and a Vicuna-style LLM.
 
-The toy task (scripts/toy/task.py) is barely learnable by LLaVA when the vision tower is random and the LM
+The toy task (dualspeed_lab/toy/task.py) is barely learnable by LLaVA when the vision tower is random and the LM
 starts from scratch. The real recipe starts from a *pretrained* CLIP and a *trained* Vicuna, so this
 script gives the tiny stand-ins an offline "pretraining" of their own, on the toy data only:
 
@@ -29,7 +29,7 @@ script gives the tiny stand-ins an offline "pretraining" of their own, on the to
    (zero attention out_proj and MLP fc2), hence `last_hidden_state == hidden_states[-2]` and
    `pooler_output` is the post-LayerNorm CLS of the layer LLaVA reads (nothing in the saved tower is
    random). The heads are dropped; the folder holds the `CLIPVisionModel` and a `CLIPImageProcessorPil`
-   config (shortest edge 336, centre crop 336, OpenAI CLIP mean/std, as scripts/tiny/vision.py). Toy
+   config (shortest edge 336, centre crop 336, OpenAI CLIP mean/std, as dualspeed_lab/tiny/vision.py). Toy
    images are 336x336 squares, so LLaVA-1.5's `pad` and the processor's resize/crop are the identity and
    the pixels reduce to `(x / 255 - mean) / std`, which training uses directly (`_pixels`; the build
    checks it against the saved processor: max abs difference 0).
@@ -42,11 +42,11 @@ script gives the tiny stand-ins an offline "pretraining" of their own, on the to
    or phrase. ASSISTANT: Blue</s>..."), tokenised exactly as LLaVA does (`tokenizer_image_token`) with the
    image placeholder dropped. So it knows the vocabulary, the template and the answer format; it cannot
    know the answers (no image), so it learns the answer priors only. Then a SCENE warm-up
-   (scripts/toy/scene_warmup.py, `--scene-steps`, default 1000, ~7 min on one core): the task's question
+   (dualspeed_lab/toy/scene_warmup.py, `--scene-steps`, default 1000, ~7 min on one core): the task's question
    types asked about fresh scenes written as word embeddings (each object = its attribute words' vectors),
    placed where LLaVA puts the image tokens. That is the stand-in for a base LLM that already knows how to
    find an answer in its context: without it the toy LLM needs thousands of SFT steps before it reads the
-   image at all. Saved with the tokenizer files (as scripts/tiny/llm.py) = the base-LLM folder for
+   image at all. Saved with the tokenizer files (as dualspeed_lab/tiny/llm.py) = the base-LLM folder for
    `--model_name_or_path`.
 
 Determinism: everything derives from `seed` (torch.manual_seed for the inits, torch.Generators for data
@@ -57,14 +57,14 @@ so the weights then differ in the last bits (and drift apart over training), not
 Threads: on the shared 2-core machine, 1 thread measured ~3x FASTER per step than 2 when other jobs run
 (oversubscribed OpenMP threads wait on each other); use `--threads 2` on an idle machine.
 
-    python scripts/toy/models.py --data /tmp/toytask --out /tmp/toymodels            # ~3 min
-    python scripts/toy/models.py --data /tmp/toytask --out /tmp/toymodels --probe    # + the probe (~2 min)
+    python -m dualspeed_lab.toy.models --data /tmp/toytask --out /tmp/toymodels            # ~3 min
+    python -m dualspeed_lab.toy.models --data /tmp/toytask --out /tmp/toymodels --probe    # + the probe (~2 min)
 
 `--probe` (or `probe_tower`) checks that the frozen tower's patch features carry the answers: a tiny
 attention-pooling probe (referents found with SHARED colour / shape embeddings dotted with the projected
 patch features -> pooled features, attended position, soft count, best score -> MLP -> answer) is
 trained on the train questions and scored per question type on val, next to the image-blind baseline
-(scripts/toy/blind_baseline.py); written to `<out>/probe_report.json`.
+(dualspeed_lab/toy/blind_baseline.py); written to `<out>/probe_report.json`.
 """
 from __future__ import annotations
 
@@ -73,17 +73,14 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
-from scripts.toy.task import (ANSWERS, CELLS, CHANCE, COLOR_NAMES, GLYPHS, GRID,  # noqa: E402
+from dualspeed_lab.toy.task import (ANSWERS, CELLS, CHANCE, COLOR_NAMES, GLYPHS, GRID,
                               MAX_OBJECTS, PATCH, QUESTION_TYPES, SHAPE_PLURALS, SHAPES, SIZES)
 
 VISION_DIR = "clip-vit-toy-patch14-336"
@@ -201,7 +198,7 @@ def load_vision_samples(data_root: str, splits: Sequence[str] = ("pretrain", "tr
 
 
 def _clip_mean_std():
-    from scripts.tiny.vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from dualspeed_lab.tiny.vision import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -676,7 +673,7 @@ def patch_accuracy(model, heads, samples: Sequence[dict], batch_size: int = 16, 
 
 def save_vision_tower(model, out_dir: str) -> str:
     """Save the CLIPVisionModel (heads are not part of it) + the CLIP-336 PIL processor config."""
-    from scripts.tiny.vision import make_image_processor
+    from dualspeed_lab.tiny.vision import make_image_processor
 
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -759,7 +756,7 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
               **overrides) -> dict:
     """Train the tokenizer, warm up a small LlamaForCausalLM on the toy text, save both to `out_dir`.
 
-    Then, with `scene_steps` > 0, the second warm-up stage (scripts/toy/scene_warmup.py): questions about
+    Then, with `scene_steps` > 0, the second warm-up stage (dualspeed_lab/toy/scene_warmup.py): questions about
     scenes written in word embeddings, of `scene_types` (default: the task's meta.json `question_types`).
     Returns {path, history, seconds, n_sequences, vocab_size, eval_loss (held-out val conversations),
     scene: {steps, types, seconds, first_loss, last_loss, accuracy (grid layout, fresh scenes)} or None}.
@@ -768,7 +765,7 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
     from tqdm import tqdm
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from scripts.tiny.tokenizer import train_tokenizer
+    from dualspeed_lab.tiny.tokenizer import train_tokenizer
 
     t0 = time.perf_counter()
     corpus = llm_texts(data_root)
@@ -821,7 +818,7 @@ def build_llm(out_dir: str, data_root: str, seed: int = 0, steps: int = 300, bat
             eval_loss = float(model(input_ids=ids, attention_mask=att, labels=lab).loss)
     scene = None
     if scene_steps > 0:
-        from scripts.toy.scene_warmup import scene_accuracy, scene_warmup
+        from dualspeed_lab.toy.scene_warmup import scene_accuracy, scene_warmup
 
         types = list(scene_types or (_read_json(os.path.join(data_root, "meta.json")) or {}).get(
             "question_types", QUESTION_TYPES))
@@ -954,7 +951,7 @@ def probe_tower(vision_tower: str, data_root: str, seed: int = 0, train_images: 
     from tqdm import tqdm
     from transformers import CLIPVisionModel
 
-    from scripts.toy.blind_baseline import blind_table, load_questions
+    from dualspeed_lab.toy.blind_baseline import blind_table, load_questions
 
     if threads:
         torch.set_num_threads(threads)
@@ -1103,9 +1100,9 @@ def format_probe(res: dict) -> str:
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(
-        description="Pretrain the toy CLIP tower and warm up the toy Vicuna LLM offline (scripts/toy/task.py data).",
+        description="Pretrain the toy CLIP tower and warm up the toy Vicuna LLM offline (dualspeed_lab/toy/task.py data).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", required=True, help="the toy task folder (scripts/toy/task.py --out)")
+    parser.add_argument("--data", required=True, help="the toy task folder (dualspeed_lab/toy/task.py --out)")
     parser.add_argument("--out", required=True, help=f"output folder: <out>/{VISION_DIR}, <out>/{LLM_DIR}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-steps", type=int, default=DEFAULTS["vision_steps"])
@@ -1116,7 +1113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--lm-lr", type=float, default=DEFAULTS["lm_lr"])
     parser.add_argument("--vocab-size", type=int, default=DEFAULTS["vocab_size"])
     parser.add_argument("--scene-steps", type=int, default=DEFAULTS["scene_steps"],
-                        help="steps of the LLM's scene warm-up (scripts/toy/scene_warmup.py; 0: text warm-up only)")
+                        help="steps of the LLM's scene warm-up (dualspeed_lab/toy/scene_warmup.py; 0: text warm-up only)")
     parser.add_argument("--scene-lr", type=float, default=DEFAULTS["scene_lr"], help="scene warm-up peak lr")
     parser.add_argument("--vision-width", type=int, default=VISION_CONFIG["hidden_size"],
                         help="CLIP hidden size (MLP 4x)")

@@ -33,7 +33,7 @@ Each answer is a function of the pixels of one object (color, shape, glyph, size
 (position) or of the matching objects (count, exists): keep the right patches and it is answerable, drop
 them and it is not. Answers are balanced per type and per referring expression (exchangeability, or
 the answer is drawn first), and which types an image gets is drawn without looking at the scene, so an
-image-blind model is at chance (scripts/toy/blind_baseline.py).
+image-blind model is at chance (dualspeed_lab/toy/blind_baseline.py).
 
 Layout written by `build_task(root)` (image paths are relative to `root`, i.e. `--image_folder root`):
 
@@ -55,8 +55,8 @@ QA splits are train, val and test; pretrain is captions only. Split seeds are di
 pretrain. Everything derives from `random.Random` instances seeded from strings (sha512, independent of
 PYTHONHASHSEED); the same Pillow build gives byte-identical images and JSON.
 
-    python scripts/toy/task.py --out playground/toy --seed 0 --pretrain 2000 --train 2000 --val 200 --test 500
-    python scripts/toy/task.py --out playground/toy-cs --types color shape    # only these question types
+    python -m dualspeed_lab.toy.task --out playground/toy --seed 0 --pretrain 2000 --train 2000 --val 200 --test 500
+    python -m dualspeed_lab.toy.task --out playground/toy-cs --types color shape    # only these question types
 
 `--types` (build_task(types=...)) restricts the questions: the reproduction presets ask color and shape only,
 the types a 3-layer toy LLM learns on a CPU (docs/reproduce.md). With every type the task is byte-identical

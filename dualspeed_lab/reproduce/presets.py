@@ -1,8 +1,8 @@
-"""Presets of the offline reproduction driver (scripts/dualspeed/reproduce.py).
+"""Presets of the offline reproduction driver (dualspeed_lab.reproduce).
 
 A preset fixes what runs (tables, seeds), on what (toy task sizes, evaluation subset, model source) and how
 long (steps, batch sizes, learning rates). Every field can be overridden from the command line; see
-`python scripts/dualspeed/reproduce.py --help`.
+`python -m dualspeed_lab.reproduce --help`.
 
     quick   Table 2 (baseline / NaivePrune / DualSpeed; normal and pruned inference) plus the speed table,
             1 seed: about 9.5 minutes on 2 CPU cores once the task and the models exist (their one-time
@@ -34,12 +34,12 @@ class Preset:
     tables: Tuple[str, ...]
     seeds: Tuple[int, ...]
     # --- data and models
-    models: str = "auto"                 # auto (toy if scripts/toy/models.py exists, else tiny) | toy | tiny
+    models: str = "auto"                 # auto (toy if dualspeed_lab/toy/models.py exists, else tiny) | toy | tiny
     task_seed: int = 0
     task_sizes: Dict[str, int] = field(default_factory=lambda: {"pretrain": 2000, "train": 2000, "val": 0,
                                                                  "test": 500})
     model_seed: int = 0
-    # Question types of the task (scripts/toy/task.py --types). The toy LLM (3 layers, width 128) learns the
+    # Question types of the task (dualspeed_lab/toy/task.py --types). The toy LLM (3 layers, width 128) learns the
     # single-lookup questions (colour of the unique shape, shape of the unique colour) in its warm-up; the
     # conjunctive, counting and relational types stay near chance in any CPU budget (docs/reproduce.md).
     question_types: Tuple[str, ...] = ("color", "shape")

@@ -1,27 +1,27 @@
 #!/usr/bin/env python
 """Quick check: does the LLaVA-style LM learn to read the toy images within N steps?
 
-The toy reproduction (scripts/dualspeed/reproduce.py on scripts/toy/task.py with the towers of
-scripts/toy/models.py) has a baseline stuck at chance. This tool isolates the LM side without the full
+The toy reproduction (dualspeed_lab.reproduce on dualspeed_lab/toy/task.py with the towers of
+dualspeed_lab/toy/models.py) has a baseline stuck at chance. This tool isolates the LM side without the full
 training scripts: it caches the FROZEN toy vision tower's features once (hidden_states[-2] patch tokens,
 576 per image, what LLaVA reads with mm_vision_select_layer=-2), then trains a 2-layer MLP projector
 (mlp2x_gelu) plus the toy LLM (full fine-tune, or LoRA with --lora R) on the task's QA, tokenised by
 LLaVA's own vicuna_v1 preprocessing (llava.train.preprocess: system prompt + "USER: " + image tokens +
 "\\n" + question + " ASSISTANT: " + answer + "</s>", loss on the answers and their </s>). Every
 --eval-every steps it prints per-question-type accuracy on the test questions (teacher-forced: every
-answer token and the </s> must be the argmax) next to the chance rates of scripts.toy.task.CHANCE.
+answer token and the </s> must be the argmax) next to the chance rates of dualspeed_lab.toy.task.CHANCE.
 
 Variants: --turns K (K questions per train image in one conversation, drawn with task.questions_for on
 the train scenes re-derived by task.iter_split), --question-first (question before the image tokens),
 --keep F (a random fraction F of the visual tokens, train and eval), --types (question types).
 
-    python scripts/toy/lm_probe.py --task TASK --vision-tower MODELS/clip-vit-toy-patch14-336 \\
+    python -m dualspeed_lab.toy.lm_probe --task TASK --vision-tower MODELS/clip-vit-toy-patch14-336 \\
         --llm MODELS/vicuna-toy --features /tmp/feats.pt --steps 600 --eval-every 100 --json curve.json
     ... --types color --steps 500             # one question type
     ... --turns 7 --lr 3e-3                   # multi-turn
     ... --oracle --lr 5e-4                    # the ideal tower: is the LM the bottleneck?
 
-Findings (2 CPU cores, toy task seed 0, 2000 train images, tower from scripts/toy/models.py with the
+Findings (2 CPU cores, toy task seed 0, 2000 train images, tower from dualspeed_lab/toy/models.py with the
 attention-supervision build; batch 8, lr 1e-3 unless noted):
  * single-turn, all 7 types, full FT, 600 steps: 34.0 % overall (chance 31.7 %), flat loss ~0.6;
  * one type only (color; shape): chance until step 300, then 37-41 % at steps 400-500 (chance
@@ -32,10 +32,10 @@ attention-supervision build; batch 8, lr 1e-3 unless noted):
  * question before the image: no change in 200 steps;
  * --oracle (the ideal tower), lr 5e-4: all 7 types 29-33 % over 100-400 steps (chance 31 %); color only
    23 / 43 / 49 % at steps 200 / 300 / 400: the same curves as the real tower's.
-Conclusion: the tower carries the answers (the attention probe of `python scripts/toy/models.py --probe`
+Conclusion: the tower carries the answers (the attention probe of `python -m dualspeed_lab.toy.models --probe`
 reached 60 % on val, and the ideal tower does no better here), but the 3-layer 128-wide LM needs hundreds of steps before it attends to the right
 visual tokens; the quick preset's 40 SFT steps cannot show accuracy effects.
-After the scene warm-up (scripts/toy/scene_warmup.py, now part of the toy LLM's build), color + shape only,
+After the scene warm-up (dualspeed_lab/toy/scene_warmup.py, now part of the toy LLM's build), color + shape only,
 LoRA 16, lr 1e-3: 19.8 % (text-only LLM) -> 36.8-40.7 % at step 100 (chance 18.4 %); see docs/reproduce.md.
 """
 from __future__ import annotations
@@ -45,17 +45,14 @@ import collections
 import json
 import os
 import random
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO_ROOT not in sys.path:  # run as a script
-    sys.path.insert(0, _REPO_ROOT)
 
-from scripts.toy import task as toy_task  # noqa: E402
+from dualspeed_lab.toy import task as toy_task
 
 SPLITS = ("train", "test")
 
@@ -78,7 +75,7 @@ def load_features(path: str, task_dir: str, tower: str, progress: bool = False) 
         return cache
     from transformers import CLIPVisionModel
 
-    from scripts.toy.models import _encode  # _read_layer(_pixels(...))[:, 1:], batched, no grad
+    from dualspeed_lab.toy.models import _encode  # _read_layer(_pixels(...))[:, 1:], batched, no grad
 
     model = CLIPVisionModel.from_pretrained(tower).float().eval()
     cache = {s: (imgs, _encode(model, [os.path.join(task_dir, p) for p in imgs], progress=progress,
@@ -91,11 +88,11 @@ def load_features(path: str, task_dir: str, tower: str, progress: bool = False) 
 
 def oracle_features(task_dir: str, tokenizer, lm) -> Dict[str, tuple]:
     """The IDEAL tower: per patch, the LM's own word embeddings of the owning object's colour, shape, size and
-    letter ('none' without one), summed and halved; background patches are zero (scripts/toy/scene_warmup.py's
+    letter ('none' without one), summed and halved; background patches are zero (dualspeed_lab/toy/scene_warmup.py's
     grid layout, what the scene warm-up trains on). Same layout as load_features, already in the LM's input
     space (the projector is then the identity). It separates the LM's side of the problem (learn which
     tokens answer the question) from the tower's."""
-    from scripts.toy.scene_warmup import WordVectors, scene_tokens
+    from dualspeed_lab.toy.scene_warmup import WordVectors, scene_tokens
 
     word = WordVectors(lm.get_input_embeddings().weight.detach().float(), tokenizer)
     out = {}
@@ -159,7 +156,7 @@ def tokenize(samples, index: Dict[str, int], tokenizer, question_first: bool) ->
 def embed_batch(batch, feats, proj, emb, keep: float, gen: torch.Generator):
     """Right-padded (inputs_embeds, labels, attention_mask): the projected patch tokens replace the image
     token, as LlavaMetaForCausalLM does; with keep < 1 a random sorted subset of them (order kept)."""
-    from scripts.toy.scene_warmup import pad_batch, splice
+    from dualspeed_lab.toy.scene_warmup import pad_batch, splice
 
     pairs = []
     for row, ids, lab, _ in batch:
@@ -191,7 +188,7 @@ def evaluate(lm, proj, test, feats, keep: float, seed: int, batch_size: int = 32
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--task", required=True, help="toy task folder (scripts/toy/task.py --out)")
+    ap.add_argument("--task", required=True, help="toy task folder (dualspeed_lab/toy/task.py --out)")
     ap.add_argument("--vision-tower", default=None, help="toy CLIP folder (only read to build --features)")
     ap.add_argument("--oracle", action="store_true",
                     help="ideal tower: symbolic per-patch vectors from objects.json in the LM's embedding space, "

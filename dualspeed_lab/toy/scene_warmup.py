@@ -12,7 +12,7 @@ Layouts of the scene in the sequence (where LLaVA puts the image tokens of a vic
            come): the owning object's vector, zero on the background. This is what LLaVA's layout looks like.
   compact  one token per object, in cell order: 20x shorter, so far more questions per CPU second; it
            teaches the lookup, the grid steps teach the layout.
-The scenes are fresh draws of scripts/toy/task.make_scene (never a scene of the task's val/test splits), so
+The scenes are fresh draws of dualspeed_lab/toy/task.make_scene (never a scene of the task's val/test splits), so
 the LLM can learn to read, not memorise. No pixel and no vision tower is involved: the warm-up stays
 text-only in the sense that every input vector is made of word embeddings. What SFT must still learn is
 to map the CLIP patch features into this space (the projector) and to cope with the tower's noise.
@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from scripts.toy import task as toy_task
+from dualspeed_lab.toy import task as toy_task
 
 LAYOUTS = ("grid", "compact")
 
@@ -148,7 +148,7 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
     visual token (background included): projected CLIP patches are never the exact word vectors."""
     from tqdm import tqdm
 
-    from scripts.toy.models import _lr_at, lm_adamw, lm_step  # the text warm-up's schedule, optimiser, step
+    from dualspeed_lab.toy.models import _lr_at, lm_adamw, lm_step  # the text warm-up's schedule, optimiser, step
 
     unknown = set(types) - set(toy_task.QUESTION_TYPES)
     if not types or unknown:

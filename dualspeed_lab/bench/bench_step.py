@@ -2,7 +2,7 @@
 """Time one DualSpeed training micro-batch (baseline / fast / slow) against its FLOP ceiling.
 
 Builds an LlavaLlamaForCausalLM with RANDOM weights in memory (no download: a CLIP vision tower of the
-preset's shapes is written to a temporary folder, as scripts/tiny/vision.py does), a synthetic batch of
+preset's shapes is written to a temporary folder, as dualspeed_lab/tiny/vision.py does), a synthetic batch of
 B samples (BOS + text + one <image> + text, labels on the text after the image, random 336x336
 images), and times, with warm-up and the median over repeats:
 
@@ -15,14 +15,14 @@ images), and times, with warm-up and the median over repeats:
   pruner            on the same projected features (B images x N tokens x D), batched vs a per-image loop,
                     and on --pruner-images images (32: the issue's target)
 
-and prints a Markdown table with the FLOP ceiling (scripts/dualspeed/flops.py) for the SAME shapes,
+and prints a Markdown table with the FLOP ceiling (dualspeed_lab/bench/flops.py) for the SAME shapes,
 read off the model that ran.
 
-    python scripts/dualspeed/bench_step.py --preset tiny
-    python scripts/dualspeed/bench_step.py --preset llava15-7b --layers 1 --vit-layers 2 --batch 2 \\
+    python -m dualspeed_lab.bench.bench_step --preset tiny
+    python -m dualspeed_lab.bench.bench_step --preset llava15-7b --layers 1 --vit-layers 2 --batch 2 \\
         --text-tokens 128 --repeats 3 --stage sft
     # GPU, full-depth LLaVA-1.5-7B shapes:
-    python scripts/dualspeed/bench_step.py --preset llava15-7b --device cuda --dtype bf16 \\
+    python -m dualspeed_lab.bench.bench_step --preset llava15-7b --device cuda --dtype bf16 \\
         --attn flash_attention_2 --batch 16 --text-tokens 15 --grad-ckpt --stage pretrain
 """
 from __future__ import annotations
@@ -35,23 +35,20 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import types
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from scripts.dualspeed import flops as flop_model  # noqa: E402
+from dualspeed_lab.bench import flops as flop_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMAGE_TOKEN_INDEX = -200
@@ -137,7 +134,7 @@ def write_clip_folder(folder, shp, dtype):
     """A randomly initialised CLIPVisionModel of the preset's shapes + its PIL image processor."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from scripts.tiny.vision import IMAGE_SIZE, PATCH_SIZE, make_image_processor
+    from dualspeed_lab.tiny.vision import IMAGE_SIZE, PATCH_SIZE, make_image_processor
 
     config = CLIPVisionConfig(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_channels=3,
                               hidden_size=shp["vit_width"], intermediate_size=shp["vit_ff"],

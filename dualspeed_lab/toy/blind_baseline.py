@@ -3,7 +3,7 @@
 
 Fitted on the train split's questions.jsonl, scored (exact match) on the evaluation split's:
 
-    chance     a uniform guess among the answers the question's template allows (scripts/toy/task.CHANCE)
+    chance     a uniform guess among the answers the question's template allows (dualspeed_lab/toy/task.CHANCE)
     type       the majority train answer of the question type
     template   the majority train answer of (type, template), e.g. 'What color is the {shape}?'
     text       the majority train answer of the exact question text (referring expression included),
@@ -11,23 +11,20 @@ Fitted on the train split's questions.jsonl, scored (exact match) on the evaluat
     best       the best of type / template / text per type (picked on the evaluation split itself, so an
                optimistic upper bound of what a text-only majority rule reaches)
 
-    python scripts/toy/blind_baseline.py --data /tmp/toytask            # train -> test
-    python scripts/toy/blind_baseline.py --data /tmp/toytask --eval val --json /tmp/blind.json
+    python -m dualspeed_lab.toy.blind_baseline --data /tmp/toytask            # train -> test
+    python -m dualspeed_lab.toy.blind_baseline --data /tmp/toytask --eval val --json /tmp/blind.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 from collections import Counter, defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
-from scripts.toy.task import CHANCE, QUESTION_TYPES, normalize_answer  # noqa: E402
+from dualspeed_lab.toy.task import CHANCE, QUESTION_TYPES, normalize_answer
 
 STRATEGIES = ("type", "template", "text")
 COLUMNS = ("chance",) + STRATEGIES + ("best",)
@@ -109,7 +106,7 @@ def format_table(table: Dict[str, Dict[str, float]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     parser = argparse.ArgumentParser(description="Image-blind majority baselines of the toy task.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", required=True, help="the task folder (scripts/toy/task.py --out)")
+    parser.add_argument("--data", required=True, help="the task folder (dualspeed_lab/toy/task.py --out)")
     parser.add_argument("--train", default="train", help="split the rules are fitted on")
     parser.add_argument("--eval", default="test", help="split they are scored on")
     parser.add_argument("--json", default=None, help="also write the table here")

@@ -8,25 +8,22 @@ width 4096, k = budget(576, 0.9) = 57. It also checks that both paths select the
 
 Examples::
 
-    python scripts/dualspeed/bench_pruner.py --dim 1024
-    python scripts/dualspeed/bench_pruner.py --device cuda --dtype bfloat16 --methods divprune cdpruner
+    python -m dualspeed_lab.bench.bench_pruner --dim 1024
+    python -m dualspeed_lab.bench.bench_pruner --device cuda --dtype bfloat16 --methods divprune cdpruner
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from dualspeed_patch import pruners  # noqa: E402
-from dualspeed_patch.pruners import common  # noqa: E402
+from dualspeed_patch import pruners
+from dualspeed_patch.pruners import common
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

@@ -50,7 +50,7 @@ Functions: :func:`step_flops` (one micro-batch, by component), :func:`ceilings` 
 baseline/slow FLOP ratios), :func:`from_model` (shapes of a live ``LlavaLlamaForCausalLM``). Presets:
 :data:`LLAVA15_7B`, :data:`LLAVA_NEXT_7B`, :data:`TINY`.
 
-    python scripts/dualspeed/flops.py      # the sanity check against speed_limits.md and a few tables
+    python -m dualspeed_lab.bench.flops      # the sanity check against speed_limits.md and a few tables
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ LLAVA_NEXT_7B = Shapes(
           "Non-square images lose rows/columns to unpadding (e.g. 640x480 -> 2340); speed_limits.md "
           "uses a data mean of ~2.0-2.2K. The 2928 figure is the square-image maximum for grid 2x2."))
 
-# The shapes of `bench_step.py --preset tiny` (hidden 64, 2 layers; the tiny CLIP of scripts/tiny/vision.py).
+# The shapes of `bench_step.py --preset tiny` (hidden 64, 2 layers; the tiny CLIP of dualspeed_lab/tiny/vision.py).
 TINY = Shapes("tiny", LLMShape(hidden=64, layers=2, ff=128, vocab=128, heads=4, kv_heads=2),
               ViTShape(width=64, layers=3, ff=128, tokens=577, patch=14), ((64, 64), (64, 64)),
               visual_tokens=576, crops_per_image=1, note="tiny test shapes")

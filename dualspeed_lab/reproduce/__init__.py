@@ -1,0 +1,1 @@
+"""The paper-table driver: `python -m dualspeed_lab.reproduce --help`."""
