@@ -1,50 +1,75 @@
-"""Which mode the next multimodal merge runs in, handed over explicitly (not a global training flag).
+"""Which mode the next multimodal merge runs in, and what it hands back: typed, per forward.
 
-`compute_loss` enters `mode(...)` around the forward it wants pruned; the wrapper of
-prepare_inputs_labels_for_multimodal reads it. Outside any context the merge is the fork's own (full).
-Pruned inference opts in with `pruned_inference(...)`, or process-wide through `set_default` (run.py)."""
+The training step enters `mode(spec)` around the forward it wants reduced; the wrapper of
+`prepare_inputs_labels_for_multimodal` reads the active `StepState` and fills it in. Outside any context the
+merge is the fork's own (full). Inference opts in with `pruned_inference(...)`, or process-wide through the
+installation's inference spec (`python -m dualspeed_patch.run --pruned ...`).
+"""
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
+from . import config as config_lib
+
 FULL, FAST, SLOW = "full", "fast", "slow"
+MODES = (FULL, FAST, SLOW)
 
 
 @dataclass(frozen=True)
 class ModeSpec:
-    mode: str  # full | fast (return pruned) | slow (return full, stash pruned for the teacher)
-    method: str = "divprune"
-    pruning_ratio: float = 0.9
-    isolator: bool = True
-    seed: int = 0  # for stochastic pruners (random): combined with the step so reruns repeat
+    """One forward's mode: full | fast (return the reduced sequence) | slow (return the full sequence and keep
+    the reduced one for the teacher). The reduction fields default to DualSpeedConfig's defaults."""
+    mode: str
+    method: str = config_lib.default("vtp_method")
+    pruning_ratio: float = config_lib.default("pruning_ratio")
+    isolator: bool = config_lib.default("use_isolator")
+    seed: int = 0  # for stochastic plug-ins (random): combined with the step so reruns repeat
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode != FULL:
+            config_lib.check_reduction(self.method, self.pruning_ratio)
+
+    @classmethod
+    def from_config(cls, cfg: config_lib.DualSpeedConfig, mode: str, seed: int = 0) -> "ModeSpec":
+        return cls(mode, cfg.vtp_method, cfg.pruning_ratio, cfg.isolator_active, seed)
 
 
 @dataclass
-class ModeState:
+class TeacherInputs:
+    """The reduced sequence a slow step's teacher reads (built from the same, detached, features)."""
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class StepState:
+    """What the merge wrapper reports for one forward."""
     spec: ModeSpec
-    pruned: Optional[tuple] = None  # slow mode: (position_ids, attention_mask, inputs_embeds, labels) for the teacher
+    teacher: Optional[TeacherInputs] = None   # slow mode only
+    full_labels: Optional[torch.Tensor] = None  # the labels of the full sequence (slow mode's student)
     visual_total: int = 0  # visual tokens the full sequence had
-    visual_kept: int = 0  # visual tokens left after pruning (isolator not counted)
-    extras: dict = field(default_factory=dict)
+    visual_kept: int = 0   # visual tokens left after reduction (isolator not counted)
 
 
-_current: contextvars.ContextVar[Optional[ModeState]] = contextvars.ContextVar("dualspeed_mode", default=None)
-_default: Optional[ModeSpec] = None
+_current: contextvars.ContextVar[Optional[StepState]] = contextvars.ContextVar("dualspeed_step", default=None)
 
 
-def current() -> Optional[ModeState]:
-    state = _current.get()
-    if state is None and _default is not None:
-        return ModeState(_default)
-    return state
+def current() -> Optional[StepState]:
+    return _current.get()
 
 
 @contextlib.contextmanager
 def mode(spec: ModeSpec):
-    state = ModeState(spec)
+    state = StepState(spec)
     token = _current.set(state)
     try:
         yield state
@@ -52,12 +77,8 @@ def mode(spec: ModeSpec):
         _current.reset(token)
 
 
-def pruned_inference(method="divprune", pruning_ratio=0.9, isolator=True, seed=0):
-    """Context for generate()/forward() on pruned visual tokens (with or without the isolator)."""
+def pruned_inference(method: str = config_lib.default("vtp_method"),
+                     pruning_ratio: float = config_lib.default("pruning_ratio"),
+                     isolator: bool = config_lib.default("use_isolator"), seed: int = 0):
+    """Context for generate()/forward() on reduced visual tokens (with or without the isolator)."""
     return mode(ModeSpec(FAST, method, pruning_ratio, isolator, seed))
-
-
-def set_default(spec: Optional[ModeSpec]) -> None:
-    """Process-wide mode when no context is active; used by the pruned-inference runner only."""
-    global _default
-    _default = spec

@@ -116,28 +116,3 @@ def sibling_path(projector_path: str) -> str:
     """`.../llava-pretrain/mm_projector.bin` -> `.../llava-pretrain/mode_isolator.bin` (only the file name
     changes: the reference's str.replace rewrote every 'mm_projector' in the path)."""
     return os.path.join(os.path.dirname(projector_path), FILENAME)
-
-
-def wrap_initialize_vision_modules(original):
-    """After the fork builds tower + projector, add the isolator when DualSpeed trains, and load it from
-    beside the pretrained projector (as the projector itself is loaded)."""
-    import functools
-
-    from . import settings
-
-    @functools.wraps(original)
-    def initialize_vision_modules(self, model_args, *args, **kwargs):
-        result = original(self, model_args, *args, **kwargs)
-        ds = settings.get()
-        if ds is None or not ds.dualspeed or not ds.isolator_active:
-            return result
-        attach(self, ds.isolator_len)
-        projector = getattr(model_args, "pretrain_mm_mlp_adapter", None)
-        if projector:
-            path = sibling_path(projector)
-            if not load(self, path):
-                logger.warning("No %s beside %s: the mode isolator starts from a fresh init.", FILENAME, projector)
-        return result
-
-    initialize_vision_modules.__dualspeed_original__ = original
-    return initialize_vision_modules

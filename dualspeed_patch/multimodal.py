@@ -1,4 +1,4 @@
-"""The wrapper of `prepare_inputs_labels_for_multimodal`: prune image spans, insert the isolator, repack.
+"""The wrapper of `prepare_inputs_labels_for_multimodal`: reduce image spans, insert the isolator, repack.
 
 The fork's own merge runs unchanged, once, with `labels` replaced by *position tags* (tag t at input
 position t). Every LLaVA fork carries labels through its merge and writes IGNORE_INDEX where it inserts image
@@ -14,17 +14,21 @@ import torch
 
 from . import context
 from . import isolator as isolator_lib
-from .pruners import budget, get_pruner
-from .signals import instruction_relevance, span_cls_attention
+from . import signals as signals_lib
+from .pruners import budget, get_reducer
 
 IGNORE_INDEX = -100
 
 
-def wrap(original):
+def wrap(original, installation):
+    """The wrapper for one installation: outside a mode context it follows the installation's inference spec
+    (None unless the pruned-inference runner set one)."""
     @functools.wraps(original)
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                              images, *args, **kwargs):
         state = context.current()
+        if state is None and installation.inference_spec is not None:
+            state = context.StepState(installation.inference_spec)
         if (state is None or state.spec.mode == context.FULL or images is None or input_ids is None
                 or input_ids.shape[1] == 1 or self.get_vision_tower() is None):
             return original(self, input_ids, position_ids, attention_mask, past_key_values, labels, images,
@@ -39,10 +43,11 @@ def wrap(original):
 def _pruned_merge(model, original, state, input_ids, position_ids, attention_mask, past_key_values, labels,
                   images, args, kwargs):
     spec = state.spec
+    reducer = get_reducer(spec.method)
     batch, length = input_ids.shape
     tags = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, length).contiguous()
     mask_in = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    with span_cls_attention(model, enabled=spec.method == "fastervlm") as cls_capture:
+    with signals_lib.capturing(model, reducer.signals) as captured:
         _, pos_full, mask_full, pkv, embeds, tags_out = original(
             model, input_ids, position_ids, mask_in, past_key_values, tags, images, *args, **kwargs)
     if embeds is None or tags_out is None:
@@ -52,14 +57,18 @@ def _pruned_merge(model, original, state, input_ids, position_ids, attention_mas
                  else mask_full.bool())
 
     true_labels = _true_labels(tags_out, labels)
-    state.extras["full_labels"] = true_labels
+    state.full_labels = true_labels
     # One device-to-host copy per batch: span boundaries and each sample's valid range drive the repack.
     host = torch.stack([tags_out == IGNORE_INDEX, mask_full]).cpu()
     spans = _image_spans(host[0] & host[1])
     bounds = _valid_bounds(host[1])
-    keep = _select(model, spec, embeds, spans, true_labels, mask_full, cls_capture, input_ids, mask_in)
+    span_batch = signals_lib.SpanBatch(model, spec, embeds, spans, true_labels, mask_full, input_ids, mask_in,
+                                       captured)
+    # The teacher of a slow step reads detached tokens: no graph is built for them.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and spec.mode != context.SLOW):
+        reduced = _reduce(reducer, spec, span_batch)
     state.visual_total += sum(e - s for row in spans for s, e in row)
-    state.visual_kept += sum(len(k) for k in keep.values())
+    state.visual_kept += sum(t.shape[0] for t in reduced.values())
 
     iso = None
     if spec.isolator:
@@ -71,13 +80,13 @@ def _pruned_merge(model, original, state, input_ids, position_ids, attention_mas
 
     if spec.mode == context.SLOW:
         # Teacher input: the pruned sequence built from the same (detached) features; no second vision pass.
-        p_embeds, p_labels, p_mask, p_pos = _repack(model, embeds.detach(), true_labels, bounds, spans, keep,
+        p_embeds, p_labels, p_mask, p_pos = _repack(model, embeds.detach(), true_labels, bounds, spans, reduced,
                                                     None if iso is None else iso.detach())
-        state.pruned = (p_pos, p_mask, p_embeds, p_labels)
+        state.teacher = context.TeacherInputs(p_embeds, p_mask, p_pos, p_labels)
         return (None, pos_full if position_ids is not None else None,
                 _out_mask(mask_full, attention_mask), pkv, embeds, true_labels if labels is not None else None)
 
-    new_embeds, new_labels, new_mask, new_pos = _repack(model, embeds, true_labels, bounds, spans, keep, iso)
+    new_embeds, new_labels, new_mask, new_pos = _repack(model, embeds, true_labels, bounds, spans, reduced, iso)
     return (None, new_pos if position_ids is not None else None, _out_mask(new_mask, attention_mask), pkv,
             new_embeds, new_labels if labels is not None else None)
 
@@ -120,35 +129,46 @@ def _image_spans(is_image):
     return spans
 
 
-def _select(model, spec, embeds, spans, true_labels, mask, cls_capture, input_ids, mask_in):
-    """Kept positions (relative to the span start) for every span: {(b, j): LongTensor[k]}.
+def _reduce(reducer, spec, batch):
+    """The reduced tokens of every span: {(b, j): Tensor[k, D]}.
 
-    Spans of equal length go to the pruner in one batched call (all 576 for LLaVA-1.5)."""
-    pruner = get_pruner(spec.method)
+    Spans of equal length go to the plug-in in one batched call (all 576 for LLaVA-1.5), with the signals it
+    declared. A selection's indices are gathered here (the gather keeps the features' graph); a merge returns
+    the tokens itself."""
     groups = defaultdict(list)
-    for b, row in enumerate(spans):
+    for b, row in enumerate(batch.spans):
         for j, (s, e) in enumerate(row):
             groups[e - s].append((b, j))
-    cls_by_span = cls_capture.per_span(spans, input_ids, mask_in) if cls_capture is not None else None
-    keep = {}
+    out = {}
     for n, members in groups.items():
-        feats = torch.stack([embeds[b, spans[b][j][0]:spans[b][j][1]] for b, j in members])
-        signals = {"seed": spec.seed}
-        if spec.method == "cdpruner":
-            signals["relevance"] = torch.stack([
-                instruction_relevance(embeds[b], spans[b][j], true_labels[b], mask[b]) for b, j in members])
-        if cls_by_span is not None:
-            signals["cls_attention"] = torch.stack([cls_by_span[(b, j)] for b, j in members])
+        feats = torch.stack([batch.embeds[b, batch.spans[b][j][0]:batch.spans[b][j][1]] for b, j in members])
+        signals = signals_lib.gather(batch, members, reducer.signals)
         k = budget(n, spec.pruning_ratio)
+        if reducer.kind == "merge":
+            tokens = reducer.fn(feats, k, **signals)
+            _check_shape(reducer, tokens, (len(members), k, feats.shape[-1]), "tokens [B, k, D]")
+            for row, key in enumerate(members):
+                out[key] = tokens[row].to(batch.embeds.dtype)
+            continue
         with torch.no_grad():
-            idx = pruner(feats.detach(), k, **signals)
-        for row, key in enumerate(members):
-            keep[key] = idx[row]
-    return keep
+            idx = reducer.fn(feats.detach(), k, **signals)
+        _check_shape(reducer, idx, (len(members), k), "indices [B, k]")
+        for row, (b, j) in enumerate(members):
+            out[(b, j)] = batch.embeds[b, idx[row].to(batch.embeds.device) + batch.spans[b][j][0]]
+    return out
 
 
-def _repack(model, embeds, true_labels, bounds, spans, keep, iso):
-    """Rebuild each sample as text + [isolator; kept image tokens] + text, then pad as the fork does."""
+def _check_shape(reducer, value, shape, what):
+    """A plug-in's output shape, checked on every call (metadata only: no device sync)."""
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"plug-in {reducer.name!r} (kind {reducer.kind}) must return {what} = {shape}, got {got}")
+    if reducer.kind == "select" and value.dtype != torch.long:
+        raise ValueError(f"plug-in {reducer.name!r} must return torch.long indices, got {value.dtype}")
+
+
+def _repack(model, embeds, true_labels, bounds, spans, reduced, iso):
+    """Rebuild each sample as text + [isolator; reduced image tokens] + text, then pad as the fork does."""
     pieces, piece_labels = [], []
     for b, row in enumerate(spans):
         start, end = bounds[b]
@@ -157,17 +177,18 @@ def _repack(model, embeds, true_labels, bounds, spans, keep, iso):
         for j, (s, e) in enumerate(row):
             seq.append(embeds[b, cursor:s])
             lab.append(true_labels[b, cursor:s])
-            kept = keep[(b, j)].to(embeds.device) + s
+            tokens = reduced[(b, j)]
             if iso is not None:
                 seq.append(iso)
                 lab.append(true_labels.new_full((iso.shape[0],), IGNORE_INDEX))
-            seq.append(embeds[b, kept])
-            lab.append(true_labels.new_full((kept.numel(),), IGNORE_INDEX))
+            seq.append(tokens)
+            lab.append(true_labels.new_full((tokens.shape[0],), IGNORE_INDEX))
             cursor = e
         seq.append(embeds[b, cursor:end])
         lab.append(true_labels[b, cursor:end])
         pieces.append(torch.cat(seq))
         piece_labels.append(torch.cat(lab))
+    # A fork's config may not declare the field (upstream sets it only in train()): read it with a default.
     side = getattr(model.config, "tokenizer_padding_side", "right")
     return _pad(pieces, piece_labels, side)
 

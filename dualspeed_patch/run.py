@@ -9,12 +9,12 @@ file, --no_isolator to prune without it)."""
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import logging
-import os
 import runpy
 import sys
+
+from .config import default, help_of
 
 logger = logging.getLogger("dualspeed_patch.run")
 
@@ -22,55 +22,37 @@ logger = logging.getLogger("dualspeed_patch.run")
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pruned", action="store_true", help="prune visual tokens at inference (default: full)")
-    p.add_argument("--vtp_method", default="divprune", help="pruning method (default: divprune)")
-    p.add_argument("--pruning_ratio", type=float, default=0.9, help="fraction of visual tokens dropped (0.9)")
+    p.add_argument("--vtp_method", default=default("vtp_method"),
+                   help=f"{help_of('vtp_method')} (default: %(default)s)")
+    p.add_argument("--pruning_ratio", type=float, default=default("pruning_ratio"),
+                   help="fraction of visual tokens dropped (default: %(default)s)")
     p.add_argument("--no_isolator", action="store_true", help="prune without putting the isolator in front")
     p.add_argument("--isolator_path", default=None, help="mode_isolator.bin to use (default: <model-path>/...)")
-    p.add_argument("--llava_module", default="llava", help="the LLaVA package the eval module belongs to")
+    p.add_argument("--llava_module", default=default("llava_module"),
+                   help="the LLaVA package the eval module belongs to (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic pruners (random)")
     p.add_argument("module", help="the module to run, e.g. llava.eval.model_vqa_loader")
     p.add_argument("module_args", nargs=argparse.REMAINDER, help="its arguments")
     return p
 
 
-def _wrap_loader(original, isolator_path, want_isolator):
-    from . import isolator
-
-    @functools.wraps(original)
-    def load_pretrained_model(model_path, *args, **kwargs):
-        tokenizer, model, image_processor, context_len = original(model_path, *args, **kwargs)
-        if want_isolator:
-            path = isolator_path or os.path.join(model_path, isolator.FILENAME)
-            if not isolator.load(model, path):
-                raise FileNotFoundError(f"{path} not found: pruned inference with the isolator needs the "
-                                        "mode_isolator.bin saved by DualSpeed training (or pass --no_isolator)")
-            isolator.get(model).to(device=model.device, dtype=model.dtype)
-        return tokenizer, model, image_processor, context_len
-
-    return load_pretrained_model
-
-
 def configure_inference(args):
     """Apply the patch and make every merge of this process pruned as asked. Returns the fork module."""
     import dualspeed_patch
     from dualspeed_patch import context
-    from dualspeed_patch.args import validate
 
     fork = importlib.import_module(args.llava_module)
     if not args.pruned:
         return fork
-    if not 0.0 <= args.pruning_ratio < 1.0:
-        raise SystemExit(f"--pruning_ratio must be in [0, 1), got {args.pruning_ratio}")
-    from dualspeed_patch.pruners import available
-
-    if args.vtp_method not in available():
-        raise SystemExit(f"--vtp_method {args.vtp_method!r} unknown; available: {available()}")
-    dualspeed_patch.apply(fork, training=False)
-    builder = importlib.import_module(f"{fork.__name__}.model.builder")
-    builder.load_pretrained_model = _wrap_loader(builder.load_pretrained_model, args.isolator_path,
-                                                 not args.no_isolator)
-    context.set_default(context.ModeSpec(context.FAST, args.vtp_method, args.pruning_ratio, not args.no_isolator,
-                                         args.seed))
+    try:  # the same validation as training (DualSpeedConfig)
+        spec = context.ModeSpec(context.FAST, args.vtp_method, args.pruning_ratio, not args.no_isolator, args.seed)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    inst = dualspeed_patch.apply(fork, training=False)
+    if not any(p.endswith("load_pretrained_model") for p in inst.patched) and not args.no_isolator:
+        raise SystemExit(f"{fork.__name__} has no model.builder.load_pretrained_model to load the isolator "
+                         "through; pass --no_isolator or load mode_isolator.bin yourself")
+    inst.set_inference(spec, args.isolator_path)
     logger.warning("Pruned inference: %s, ratio %.2f, isolator %s", args.vtp_method, args.pruning_ratio,
                    "off" if args.no_isolator else "on")
     return fork

@@ -1,24 +1,91 @@
-"""Extra inputs some pruners need, taken from the fork's own merge without changing it.
+"""The signals a reduction plug-in can declare, and how the merge wrapper computes each one.
 
-- cdpruner: relevance of each visual token to the instruction, from the LLM input embeddings of the text
-  that follows the image up to the answer (at inference: to the end of the prompt).
-- fastervlm: the [CLS] attention of the CLIP layer whose output LLaVA uses, computed from that layer's input
-  captured by a forward pre-hook (O(N) per image; the tower keeps its SDPA/flash kernels)."""
+A signal is computed only when the configured plug-in declares it (`pruners.register(..., signals=...)`), for
+one group of equal-length image spans at a time, as a batch over those spans:
+
+- `seed` (int): per micro-batch seed for stochastic plug-ins;
+- `relevance` (B, N): relevance of each visual token to the instruction, from the LLM input embeddings of the
+  text that follows the image up to the answer (at inference: to the end of the prompt);
+- `text_embeds` (B, T, D) and `text_mask` (B, T): those instruction embeddings themselves, padded;
+- `cls_attention` (B, N): the [CLS] attention of the CLIP layer whose output LLaVA uses, computed from that
+  layer's input captured by a forward pre-hook during the fork's own merge (O(N) per image; the tower keeps its
+  SDPA/flash kernels).
+
+`register_signal` adds a provider of one's own.
+"""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
-
-from .pruners.cdpruner import compute_relevance
-from .pruners.fastervlm import clip_cls_attention
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200
 
+Member = Tuple[int, int]  # (sample b, span j)
 
-def instruction_relevance(embeds_row, span, labels_row, mask_row):
-    """(N,) relevance of the span's tokens to the instruction text around it."""
+
+@dataclass
+class SpanBatch:
+    """What the merge wrapper knows after the fork's merge; providers read from it."""
+    model: Any
+    spec: Any                       # context.ModeSpec
+    embeds: torch.Tensor            # [B, L, D] merged input embeddings
+    spans: List[List[Tuple[int, int]]]
+    labels: torch.Tensor            # [B, L] true labels after the merge (IGNORE for image / prompt)
+    mask: torch.Tensor              # [B, L] bool attention mask after the merge
+    input_ids: torch.Tensor         # the caller's input ids
+    input_mask: torch.Tensor        # the caller's attention mask
+    captured: Dict[str, Any] = field(default_factory=dict)  # what each capture() yielded, by signal name
+    cache: Dict[str, Any] = field(default_factory=dict)     # per-merge work a provider shares across groups
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    gather: Callable[[SpanBatch, Sequence[Member]], Any]
+    # Runs around the fork's own merge (e.g. a hook on the vision tower); yields what gather() reads.
+    capture: Optional[Callable[[Any], ContextManager]] = None
+
+
+_PROVIDERS: Dict[str, Signal] = {}
+
+
+def register_signal(name: str, gather, capture=None, override: bool = False) -> None:
+    if name in _PROVIDERS and not override:
+        raise ValueError(f"a signal named {name!r} exists; pass override=True to replace it")
+    _PROVIDERS[name] = Signal(name, gather, capture)
+
+
+def available() -> List[str]:
+    return sorted(_PROVIDERS)
+
+
+def get(name: str) -> Signal:
+    try:
+        return _PROVIDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}; available: {available()}") from None
+
+
+@contextlib.contextmanager
+def capturing(model, names: Sequence[str]):
+    """Enter the capture of every declared signal that has one; yields {name: captured}."""
+    with contextlib.ExitStack() as stack:
+        yield {n: stack.enter_context(get(n).capture(model)) for n in names if get(n).capture is not None}
+
+
+def gather(batch: SpanBatch, members: Sequence[Member], names: Sequence[str]) -> Dict[str, Any]:
+    return {n: get(n).gather(batch, members) for n in names}
+
+
+# ---------------------------------------------------------------------------------------------- instruction
+
+def _instruction_positions(span, labels_row, mask_row):
+    """Positions of the instruction text for one image span: the text after the image up to the first
+    supervised token; when there is none (image after the question), the text before the image."""
     start, end = span
     valid = mask_row.bool()
     text = (labels_row == IGNORE_INDEX) & valid
@@ -28,14 +95,45 @@ def instruction_relevance(embeds_row, span, labels_row, mask_row):
     stop = int(supervised[supervised >= end][0]) if (supervised >= end).any() else text.numel()
     after[end:stop] = True
     chosen = text & after
-    if not chosen.any():  # image after the question: use the text before it
+    if not chosen.any():
         chosen = text.clone()
         chosen[start:] = False
+    return chosen
+
+
+def instruction_relevance(embeds_row, span, labels_row, mask_row):
+    """(N,) relevance of the span's tokens to the instruction text around it."""
+    from .pruners.cdpruner import compute_relevance
+
+    start, end = span
+    chosen = _instruction_positions(span, labels_row, mask_row)
     features = embeds_row[start:end].detach().unsqueeze(0)
     if not chosen.any():
         return torch.ones(end - start, device=embeds_row.device)
     return compute_relevance(features, embeds_row[chosen].detach().unsqueeze(0))[0]
 
+
+def _relevance(batch: SpanBatch, members):
+    return torch.stack([instruction_relevance(batch.embeds[b], batch.spans[b][j], batch.labels[b], batch.mask[b])
+                        for b, j in members])
+
+
+def _text(batch: SpanBatch, members):
+    key = ("text", tuple(members))
+    if key not in batch.cache:
+        rows = [batch.embeds[b][_instruction_positions(batch.spans[b][j], batch.labels[b], batch.mask[b])].detach()
+                for b, j in members]
+        longest = max(1, max(r.shape[0] for r in rows))
+        out = batch.embeds.new_zeros((len(rows), longest, batch.embeds.shape[-1]))
+        mask = torch.zeros((len(rows), longest), dtype=torch.bool, device=batch.embeds.device)
+        for i, r in enumerate(rows):
+            out[i, :r.shape[0]] = r
+            mask[i, :r.shape[0]] = True
+        batch.cache[key] = (out, mask)
+    return batch.cache[key]
+
+
+# ---------------------------------------------------------------------------------------------- CLS attention
 
 class _ClsCapture:
     def __init__(self):
@@ -44,7 +142,7 @@ class _ClsCapture:
     def per_span(self, spans, input_ids, mask_in):
         """Map the captured per-image scores to image spans, replaying the fork's image cursor."""
         if not self.per_call:
-            raise RuntimeError("fastervlm: no [CLS] attention was captured from the vision tower")
+            raise RuntimeError("cls_attention: no [CLS] attention was captured from the vision tower")
         scores = torch.cat(self.per_call)
         counts = [int(((ids == IMAGE_TOKEN_INDEX) & m.bool()).sum()) for ids, m in zip(input_ids, mask_in)]
         text_only = sum(1 for c in counts if c == 0)
@@ -55,12 +153,14 @@ class _ClsCapture:
                 cursor += int(dummies)
                 continue
             if len(row) != counts[b]:
-                raise NotImplementedError("fastervlm needs one span per image (adjacent images merged into one span)")
+                raise NotImplementedError("cls_attention needs one span per image (adjacent images merged into "
+                                          "one span)")
             for j, (s, e) in enumerate(row):
                 if e - s != scores.shape[1]:
                     raise NotImplementedError(
-                        f"fastervlm scores CLIP patches; this image span has {e - s} tokens, not {scores.shape[1]} "
-                        "(anyres / spatial merges or truncated spans are not supported: use divprune or cdpruner)")
+                        f"cls_attention scores CLIP patches; this image span has {e - s} tokens, not "
+                        f"{scores.shape[1]} (anyres / spatial merges or truncated spans are not supported: use "
+                        "divprune or cdpruner)")
                 out[(b, j)] = scores[cursor]
                 cursor += 1
         return out
@@ -73,15 +173,14 @@ def _selected_layer(tower):
     select = tower.select_layer
     index = len(layers) + select if select < 0 else select - 1  # the layer whose output is hidden_states[select]
     if not 0 <= index < len(layers):
-        raise ValueError(f"fastervlm: select layer {select} does not name an encoder layer")
+        raise ValueError(f"cls_attention: select layer {select} does not name an encoder layer")
     return layers[index]
 
 
 @contextlib.contextmanager
-def span_cls_attention(model, enabled: bool):
-    if not enabled:
-        yield None
-        return
+def span_cls_attention(model):
+    from .pruners.fastervlm import clip_cls_attention
+
     capture = _ClsCapture()
     layer = _selected_layer(model.get_vision_tower())
 
@@ -95,3 +194,18 @@ def span_cls_attention(model, enabled: bool):
         yield capture
     finally:
         handle.remove()
+
+
+def _cls_attention(batch: SpanBatch, members):
+    if "cls_by_span" not in batch.cache:
+        batch.cache["cls_by_span"] = batch.captured["cls_attention"].per_span(batch.spans, batch.input_ids,
+                                                                             batch.input_mask)
+    by_span = batch.cache["cls_by_span"]
+    return torch.stack([by_span[m] for m in members])
+
+
+register_signal("seed", lambda batch, members: batch.spec.seed)
+register_signal("relevance", _relevance)
+register_signal("text_embeds", lambda batch, members: _text(batch, members)[0])
+register_signal("text_mask", lambda batch, members: _text(batch, members)[1])
+register_signal("cls_attention", _cls_attention, capture=span_cls_attention)

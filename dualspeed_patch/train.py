@@ -1,4 +1,4 @@
-"""Train a LLaVA fork with DualSpeed: the fork's own arguments plus DualSpeedArguments.
+"""Train a LLaVA fork with DualSpeed: the fork's own arguments plus DualSpeedConfig's flags.
 
     deepspeed dualspeed_patch/train.py --dualspeed True --vtp_method divprune ... <the fork's usual flags>
     python -m dualspeed_patch.train --help
@@ -12,12 +12,12 @@ import sys
 
 
 def split_args(argv):
-    """(DualSpeedArguments, the fork's remaining argv)."""
+    """(DualSpeedConfig, the fork's remaining argv)."""
     from transformers import HfArgumentParser
 
-    from dualspeed_patch.args import DualSpeedArguments
+    from dualspeed_patch.config import DualSpeedConfig
 
-    parser = HfArgumentParser(DualSpeedArguments)
+    parser = HfArgumentParser(DualSpeedConfig)
     parser.allow_abbrev = False  # a fork flag must never be taken for an abbreviation of ours
     ds_args, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     return ds_args, remaining
@@ -29,10 +29,10 @@ def main(argv=None, attn_implementation=None):
     if wants_help:
         from transformers import HfArgumentParser
 
-        from dualspeed_patch.args import DualSpeedArguments
+        from dualspeed_patch.config import DualSpeedConfig
 
         print("DualSpeed arguments (the fork's own training arguments follow):\n")
-        HfArgumentParser(DualSpeedArguments).print_help()
+        HfArgumentParser(DualSpeedConfig).print_help()
         print("\n" + "=" * 100 + "\nThe LLaVA fork's arguments:\n")
         argv = [a for a in argv if a not in ("-h", "--help")]
     ds_args, remaining = split_args(argv)
@@ -40,8 +40,7 @@ def main(argv=None, attn_implementation=None):
 
     fork = importlib.import_module(ds_args.llava_module)
     if ds_args.dualspeed:
-        dualspeed_patch.apply(fork)
-        dualspeed_patch.configure(ds_args)
+        dualspeed_patch.apply(fork, config=ds_args)
     train_module = importlib.import_module(f"{fork.__name__}.train.train")
     sys.argv = [sys.argv[0]] + remaining + (["--help"] if wants_help else [])
     if attn_implementation is None:

@@ -103,7 +103,8 @@ def test_slow_mode_returns_full_sequence_and_stashes_the_pruned_one(vision_path)
     out, state = merge(model, slow_spec, ids, mask, labels, images)
     torch.testing.assert_close(out[4], full[4])
     assert torch.equal(out[5], full[5]) and torch.equal(out[2], full[2])
-    _, p_mask, p_embeds, p_labels = state.pruned
+    t = state.teacher
+    p_embeds, p_labels = t.inputs_embeds, t.labels
     fast_out, _ = merge(model, fast(), ids, mask, labels, images)
     torch.testing.assert_close(p_embeds, fast_out[4])
     assert torch.equal(p_labels, fast_out[5]) and not p_embeds.requires_grad

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import dualspeed_patch
 from dualspeed_patch import context, isolator, schedule
-from dualspeed_patch.args import DualSpeedArguments
+from dualspeed_patch import DualSpeedArguments
 from dualspeed_patch.distill import answer_logits, kl_divergence
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from tests.helpers import build_tiny_clip, make_tiny_llava

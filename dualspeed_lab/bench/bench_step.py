@@ -7,8 +7,8 @@ B samples (BOS + text + one <image> + text, labels on the text after the image, 
 images), and times, with warm-up and the median over repeats:
 
   baseline step     forward + backward on the full sequence (no DualSpeed context)
-  fast step         forward + backward inside context.mode(ModeSpec(FAST, method, p, isolator=True))
-  slow step         dualspeed_patch.trainer._slow_step (student on the full sequence + no-grad teacher on
+  fast step         dualspeed_patch.fast_step (forward on the pruned sequence + isolator) + backward
+  slow step         dualspeed_patch.slow_step (student on the full sequence + no-grad teacher on
                     the pruned one + KL) + backward
   baseline forward  no-grad forward on the full sequence
   teacher forward   no-grad forward on the pruned sequence, as the slow-mode teacher runs it
@@ -281,9 +281,8 @@ def run(args):
     import dualspeed_patch
     from dualspeed_patch import context, pruners
     from dualspeed_patch import isolator as isolator_lib
-    from dualspeed_patch.args import DualSpeedArguments
+    from dualspeed_patch.config import DualSpeedConfig
     from dualspeed_patch.context import FAST, FULL, SLOW, ModeSpec
-    from dualspeed_patch.trainer import _slow_step
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -316,7 +315,7 @@ def run(args):
     B, T, p = args.batch, args.text_tokens, args.pruning_ratio
     fast_spec = ModeSpec(FAST, args.method, p, use_iso, args.seed)
     slow_spec = ModeSpec(SLOW, args.method, p, use_iso, args.seed)
-    ds_args = DualSpeedArguments(dualspeed=True, vtp_method=args.method, pruning_ratio=p,
+    ds_cfg = DualSpeedConfig(dualspeed=True, vtp_method=args.method, pruning_ratio=p,
                                  isolator_len=args.isolator_len)
 
     # The pruned sequence the slow-mode teacher sees (and the visual-token count N the LLM sees).
@@ -324,7 +323,7 @@ def run(args):
         model.prepare_inputs_labels_for_multimodal(inputs["input_ids"], None, inputs["attention_mask"], None,
                                                    inputs["labels"], inputs["images"], inputs.get("image_sizes"))
         feats = model._image_features_per_image(inputs["images"], inputs.get("image_sizes"))
-    _, t_mask, t_embeds, t_labels = state.pruned
+    t_mask, t_embeds, t_labels = state.teacher.attention_mask, state.teacher.inputs_embeds, state.teacher.labels
     N = state.visual_total // B
     k = pruners.budget(N, p)
     feats = torch.stack([f.detach() for f in feats])          # (B, N, D): the pruner's input
@@ -349,13 +348,10 @@ def run(args):
         model(**inputs).loss.backward()
 
     def fast_step():
-        with context.mode(fast_spec):
-            loss = model(**inputs).loss
-        loss.backward()
+        dualspeed_patch.fast_step(model, inputs, fast_spec).loss.backward()
 
     def slow_step():
-        loss, _ = _slow_step(model, inputs, slow_spec, ds_args, types.SimpleNamespace())
-        loss.backward()
+        dualspeed_patch.slow_step(model, inputs, slow_spec, ds_cfg).loss.backward()
 
     def baseline_forward():
         with torch.no_grad():

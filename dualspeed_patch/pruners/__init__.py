@@ -1,59 +1,72 @@
-"""Visual-token pruners and their registry.
+"""Visual-token reduction plug-ins and their registry.
 
-A pruner is a function ::
+Two kinds of plug-in, both called once per group of equal-length image spans, batched over B::
 
-    select(features: Tensor[B, N, D], k: int, **signals) -> LongTensor[B, k]
+    kind="select":  fn(features: Tensor[B, N, D], k: int, **signals) -> LongTensor[B, k]
+                    k distinct token indices in ``[0, N)``, sorted ascending, computed without autograd
+                    (the caller gathers ``features[b, idx[b]]`` with grad);
+    kind="merge":   fn(features: Tensor[B, N, D], k: int, **signals) -> Tensor[B, k, D]
+                    k new tokens computed from the span (keep the graph: the projector learns through them).
 
-returning, for every image b, k distinct token indices in ``[0, N)`` sorted ascending, on the device
-of ``features``, computed without autograd (the caller gathers ``features[b, idx[b]]`` with grad).
-Pruners are batched over B. They ignore signals they do not use and raise
-:class:`~dualspeed_patch.pruners.common.MissingSignalError` for a required signal that is missing.
+A plug-in declares the signals it needs (``signals=("cls_attention",)``); the merge wrapper computes exactly
+those and passes them by keyword (``dualspeed_patch.signals.available()`` lists what can be asked for). The
+mode isolator is put in front of the reduced span either way.
 
-Built-in pruners:
+Built-in plug-ins (all ``select``):
 
 =============  ====================================================  =========================
-name           keeps                                                 signals
+name           keeps                                                 signals declared
 =============  ====================================================  =========================
 ``divprune``   greedy max-min cosine diversity                       none
-``cdpruner``   greedy MAP of a relevance-conditioned DPP             ``relevance`` or
-                                                                     ``text_embeds`` (optional)
-``fastervlm``  top-k [CLS] attention of the selected vision layer    ``cls_attention`` (required)
-``random``     a uniform random subset                               ``generator`` / ``seed``
+``cdpruner``   greedy MAP of a relevance-conditioned DPP             ``relevance``
+``fastervlm``  top-k [CLS] attention of the selected vision layer    ``cls_attention``
+``random``     a uniform random subset                               ``seed``
 ``uniform``    centred strides in raster order                       none
 =============  ====================================================  =========================
 
-Public API: :func:`get_pruner`, :func:`register`, :func:`unregister`, :func:`available`,
+Public API: :func:`register`, :func:`unregister`, :func:`get_reducer`, :func:`get_pruner`, :func:`available`,
 :func:`budget`.
 
 Example::
 
     from dualspeed_patch import pruners
 
-    k = pruners.budget(576, 0.9)                        # 57
-    idx = pruners.get_pruner("divprune")(feats, k)      # (B, 57)
-    kept = feats.gather(1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+    @pruners.register("norm", signals=("cls_attention",))      # a selection plug-in
+    def select_by_norm(features, k, cls_attention, **_):
+        return (features.float().norm(dim=-1) * cls_attention).topk(k, dim=1).indices.sort(dim=1).values
 
-    @pruners.register("norm")                           # a user's own pruner
-    def select_by_norm(features, k, **signals):
-        idx = features.detach().float().norm(dim=-1).topk(k, dim=1).indices
-        return idx.sort(dim=1).values
+    @pruners.register("avgpool", kind="merge")                  # a merging plug-in
+    def avg_pool(features, k, **_):
+        return torch.nn.functional.adaptive_avg_pool1d(features.transpose(1, 2), k).transpose(1, 2)
 """
 from __future__ import annotations
 
 import math
 import numbers
 import operator
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Tuple
 
-from . import cdpruner, common, divprune, fastervlm, random_select, uniform
+from . import cdpruner, divprune, fastervlm, random_select, uniform
 from .common import MissingSignalError
 
-__all__ = ["get_pruner", "register", "unregister", "available", "budget", "MissingSignalError",
-           "UnknownPrunerError"]
+__all__ = ["Reducer", "get_reducer", "get_pruner", "register", "unregister", "available", "budget",
+           "MissingSignalError", "UnknownPrunerError", "KINDS"]
 
 Pruner = Callable[..., "object"]
+KINDS = ("select", "merge")
 
-_REGISTRY: dict[str, Pruner] = {}
+
+@dataclass(frozen=True)
+class Reducer:
+    """A registered plug-in: its function, what it returns (``kind``) and the signals it declares."""
+    name: str
+    fn: Pruner
+    kind: str = "select"
+    signals: Tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, Reducer] = {}
 
 
 class UnknownPrunerError(ValueError):
@@ -71,8 +84,8 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_pruner(name: str) -> Pruner:
-    """The ``select`` function registered under ``name`` (case-insensitive)."""
+def get_reducer(name: str) -> Reducer:
+    """The plug-in registered under ``name`` (case-insensitive)."""
     key = _key(name)
     try:
         return _REGISTRY[key]
@@ -81,15 +94,31 @@ def get_pruner(name: str) -> Pruner:
             f"unknown pruner {name!r}; available: {', '.join(available())}") from None
 
 
-def register(name: str, fn: Pruner | None = None, *, override: bool = False):
-    """Register ``fn`` as pruner ``name`` (case-insensitive); usable as a decorator.
+def get_pruner(name: str) -> Pruner:
+    """The function registered under ``name`` (case-insensitive)."""
+    return get_reducer(name).fn
 
-    ``@register("mine")`` or ``register("mine", fn)``. The function must follow the pruner contract
-    (see the module docstring; :func:`dualspeed_patch.pruners.common.check_indices` checks an
-    output). Registering a name that exists raises ``ValueError`` unless ``override=True``.
-    Returns ``fn`` unchanged.
+
+def register(name: str, fn: Pruner | None = None, *, kind: str = "select", signals=(), override: bool = False):
+    """Register ``fn`` as plug-in ``name`` (case-insensitive); usable as a decorator.
+
+    ``@register("mine")``, ``register("mine", fn, kind="merge", signals=("relevance",))``. The function must
+    follow its kind's contract (see the module docstring; :func:`dualspeed_patch.pruners.common.check_indices`
+    checks a selection). ``signals`` must name signals the merge wrapper can compute
+    (``dualspeed_patch.signals.available()``). Registering a name that exists raises ``ValueError`` unless
+    ``override=True``. Returns ``fn`` unchanged.
     """
     key = _key(name)
+    if kind not in KINDS:
+        raise ValueError(f"plug-in {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    if isinstance(signals, str):
+        signals = (signals,)
+    signals = tuple(signals)
+    from ..signals import available as known_signals  # the providers live beside the merge wrapper
+
+    unknown = [s for s in signals if s not in known_signals()]
+    if unknown:
+        raise ValueError(f"plug-in {name!r} declares unknown signals {unknown}; available: {known_signals()}")
 
     def _do(func: Pruner) -> Pruner:
         if not callable(func):
@@ -97,18 +126,18 @@ def register(name: str, fn: Pruner | None = None, *, override: bool = False):
         if key in _REGISTRY and not override:
             raise ValueError(f"a pruner named {key!r} is already registered; "
                              "pass override=True to replace it")
-        _REGISTRY[key] = func
+        _REGISTRY[key] = Reducer(key, func, kind, signals)
         return func
 
     return _do if fn is None else _do(fn)
 
 
 def unregister(name: str) -> Pruner:
-    """Remove pruner ``name`` from the registry and return its function."""
+    """Remove plug-in ``name`` from the registry and return its function."""
     key = _key(name)
     if key not in _REGISTRY:
         raise UnknownPrunerError(f"unknown pruner {name!r}; available: {', '.join(available())}")
-    return _REGISTRY.pop(key)
+    return _REGISTRY.pop(key).fn
 
 
 def budget(num_tokens: int, pruning_ratio: float) -> int:
@@ -133,7 +162,8 @@ def budget(num_tokens: int, pruning_ratio: float) -> int:
     return max(1, min(n, math.floor((1.0 - p) * n + 1e-6)))
 
 
-for _name, _module in (("divprune", divprune), ("cdpruner", cdpruner), ("fastervlm", fastervlm),
-                       ("random", random_select), ("uniform", uniform)):
-    register(_name, _module.select)
-del _name, _module
+for _name, _module, _signals in (("divprune", divprune, ()), ("cdpruner", cdpruner, ("relevance",)),
+                                 ("fastervlm", fastervlm, ("cls_attention",)), ("random", random_select, ("seed",)),
+                                 ("uniform", uniform, ())):
+    register(_name, _module.select, signals=_signals)
+del _name, _module, _signals

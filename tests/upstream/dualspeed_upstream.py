@@ -23,7 +23,7 @@ def main():
 
     import dualspeed_patch
     from dualspeed_patch import context, isolator
-    from dualspeed_patch.args import DualSpeedArguments
+    from dualspeed_patch import DualSpeedArguments
     from dualspeed_patch.distill import kl_divergence
     from dualspeed_patch.pruners import budget
 
