@@ -9,10 +9,10 @@ by visual token reduction, with pluggable selection and merging methods).
     dualspeed_patch.remove()
 """
 from .config import DualSpeedArguments, DualSpeedConfig
-from .context import ModeSpec, StepState, mode, pruned_inference
+from .context import FAST, FULL, SLOW, ModeSpec, StepState, mode, pruned_inference
 from .install import Installation, apply, configure, installation, is_applied, remove
 from .step import StepResult, fast_step, slow_step
 
 __all__ = ["apply", "remove", "is_applied", "installation", "configure", "Installation", "DualSpeedConfig",
            "DualSpeedArguments", "ModeSpec", "StepState", "mode", "pruned_inference", "fast_step", "slow_step",
-           "StepResult"]
+           "StepResult", "FAST", "SLOW", "FULL"]

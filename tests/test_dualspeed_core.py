@@ -213,3 +213,29 @@ def test_the_isolator_is_saved_into_each_checkpoint_by_the_callback(vision_path,
     (tmp_path / "mode_isolator.bin").unlink()
     trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
     assert not (tmp_path / "mode_isolator.bin").exists()
+
+
+def test_the_readme_plugin_example_registers_and_runs(vision_path, clean):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if '@register("topcls"' in b)
+    try:
+        exec(compile(block, "README.md", "exec"), {})
+        assert {"topcls", "avgpool"} <= set(pruners.available())
+        assert pruners.get_reducer("topcls").signals == ("cls_attention",)
+        assert pruners.get_reducer("avgpool").kind == "merge"
+        dualspeed_patch.apply("llava")
+        model = make_tiny_llava(vision_path)
+        isolator.attach(model, L)
+        inputs = _batch()
+        for name in ("topcls", "avgpool"):
+            with torch.no_grad(), context.mode(context.ModeSpec(context.FAST, name, 0.9, True)):
+                out = model.prepare_inputs_labels_for_multimodal(inputs["input_ids"], None, inputs["attention_mask"],
+                                                                 None, inputs["labels"], inputs["images"])
+            assert out[4].shape[1] == 5 + L + K
+    finally:
+        for name in ("topcls", "avgpool"):
+            if name in pruners.available():
+                pruners.unregister(name)

@@ -169,8 +169,8 @@ def serial_on_cpu(device):
 
     The greedy loops issue a few hundred tiny ops on (B, N) tensors. On CPU, fanning those out to
     the OpenMP pool costs more than it saves, and when other processes compete for the cores each
-    barrier can stall for milliseconds (measured: 35 ms single-threaded vs ~700 ms with 2 threads on
-    a loaded 2-core machine). The big Gram ``bmm`` runs outside this block with all threads.
+    barrier can stall for milliseconds (docs/benchmarks.md, "Threads in the greedy loops"). The big
+    Gram ``bmm`` runs outside this block with all threads.
     """
     device = torch.device(device)
     threads = torch.get_num_threads()
