@@ -126,7 +126,7 @@ def process_images(images, image_processor, model_cfg):
     Otherwise the processor is called on the whole list (resize + center-crop) and its batch returned.
     The per-image results are stacked when all shapes agree, else returned as a list.
     """
-    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    aspect = getattr(model_cfg, "image_aspect_ratio", None)  # any config-like object (e.g. a namespace)
     out = []
     if aspect == "pad":
         fill = tuple(int(x * 255) for x in image_processor.image_mean)

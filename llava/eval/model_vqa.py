@@ -57,7 +57,7 @@ def open_image(path: str):
 
 def image_prompt(text: str, model_config) -> str:
     """`text` with the image placeholder in front, as the model was trained to see it."""
-    if getattr(model_config, "mm_use_im_start_end", False):
+    if model_config.mm_use_im_start_end:
         return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n" + text
     return DEFAULT_IMAGE_TOKEN + "\n" + text
 

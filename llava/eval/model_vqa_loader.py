@@ -46,7 +46,7 @@ class CustomDataset(Dataset):
 
         line = self.questions[index]
         qs = line["text"]
-        if getattr(self.model_config, "mm_use_im_start_end", False):
+        if self.model_config.mm_use_im_start_end:
             qs = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n" + qs
         else:
             qs = DEFAULT_IMAGE_TOKEN + "\n" + qs

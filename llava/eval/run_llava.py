@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from io import BytesIO
 
 import torch
 
@@ -49,7 +48,7 @@ def infer_conv_mode(model_name: str) -> str:
 
 def build_prompt(query, model_config, conv_mode):
     image_token_se = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-    use_se = getattr(model_config, "mm_use_im_start_end", False)
+    use_se = model_config.mm_use_im_start_end
     if IMAGE_PLACEHOLDER in query:
         query = re.sub(IMAGE_PLACEHOLDER, image_token_se if use_se else DEFAULT_IMAGE_TOKEN, query)
     else:

@@ -25,6 +25,7 @@ def _has_full_weights(path: str) -> bool:
 
 
 def _is_llava_config(cfg) -> bool:
+    # cfg is whatever AutoConfig read (a plain LlamaConfig too): getattr.
     return getattr(cfg, "mm_vision_tower", None) is not None or str(getattr(cfg, "model_type", "")).startswith("llava")
 
 
@@ -150,24 +151,25 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
 
     image_processor = None
     if is_llava:
-        if getattr(model.config, "mm_use_im_patch_token", True):
+        vision_tower = model.get_vision_tower()
+        if vision_tower is None:
+            # Also the case of a plain LM config (no LLaVA fields) in a folder named 'llava'.
+            raise ValueError(f"{model_path}: the config names no vision tower (mm_vision_tower).")
+        if model.config.mm_use_im_patch_token:
             tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-        if getattr(model.config, "mm_use_im_start_end", False):
+        if model.config.mm_use_im_start_end:
             tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
         # Grow only: shrinking would cut rows of a vocabulary padded beyond the tokenizer.
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
 
-        vision_tower = model.get_vision_tower()
-        if vision_tower is None:
-            raise ValueError(f"{model_path}: the config names no vision tower (mm_vision_tower).")
         if not vision_tower.is_loaded:
             vision_tower.load_model(device_map=device_map if device == "cuda" else None)
         if device_map != "auto" or device != "cuda":
             vision_tower.to(device=device, dtype=model.dtype if not (load_8bit or load_4bit) else torch.float16)
         image_processor = vision_tower.image_processor
 
-    context_len = getattr(model.config, "max_sequence_length", 2048)
+    context_len = getattr(model.config, "max_sequence_length", 2048)  # an LM field only some configs (MPT) have
     model.eval()
     return tokenizer, model, image_processor, context_len
 

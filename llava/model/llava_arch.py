@@ -21,10 +21,11 @@ logger = logging.getLogger(__name__)
 class LlavaMetaModel:
     def __init__(self, config):
         super().__init__(config)
-        if hasattr(config, "mm_vision_tower"):
+        # getattr: the model may also be given a plain LlamaConfig/MistralConfig (text-only, no tower).
+        if getattr(config, "mm_vision_tower", None) is not None:
             self.vision_tower = build_vision_tower(config, delay_load=True)
             self.mm_projector = build_vision_projector(config)
-            if "unpad" in getattr(config, "mm_patch_merge_type", ""):
+            if "unpad" in config.mm_patch_merge_type:
                 self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
 
     def get_vision_tower(self):
@@ -51,7 +52,7 @@ class LlavaMetaModel:
                 tower.load_model()
 
         self.config.use_mm_proj = True
-        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")
+        self.config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear")  # a namespace may lack it
         self.config.mm_hidden_size = tower.hidden_size
         self.config.mm_vision_select_layer = mm_vision_select_layer
         self.config.mm_vision_select_feature = mm_vision_select_feature
@@ -96,7 +97,7 @@ def unpad_image(tensor, original_size):
 
 
 def _grid_pinpoints(config):
-    pinpoints = getattr(config, "image_grid_pinpoints", None)
+    pinpoints = config.image_grid_pinpoints
     if isinstance(pinpoints, str):
         pinpoints = ast.literal_eval(pinpoints)
     return pinpoints
@@ -124,7 +125,7 @@ class LlavaMetaForCausalLM(ABC):
         features = self.encode_images(torch.cat(list(images), dim=0))
         features = list(torch.split(features, crops_per_image, dim=0))
 
-        merge_type = getattr(self.config, "mm_patch_merge_type", "flat")
+        merge_type = self.config.mm_patch_merge_type
         if merge_type == "flat":
             return [f.flatten(0, 1) for f in features]
         if not merge_type.startswith("spatial"):
@@ -148,7 +149,7 @@ class LlavaMetaForCausalLM(ABC):
         tower = self.get_vision_tower()
         side = tower.num_patches_per_side
         base, crops = feature[0], feature[1:]
-        if getattr(self.config, "image_aspect_ratio", None) != "anyres":
+        if self.config.image_aspect_ratio != "anyres":
             raise NotImplementedError("Multi-crop images need image_aspect_ratio='anyres'.")
         if image_size is None:
             raise ValueError("anyres merge needs image_sizes (the original (width, height) of each image).")
@@ -171,7 +172,7 @@ class LlavaMetaForCausalLM(ABC):
         if vision_tower is None or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
-        if getattr(self.config, "tune_mm_mlp_adapter", False) and getattr(self.config, "mm_use_im_start_end", False):
+        if self.config.tune_mm_mlp_adapter and self.config.mm_use_im_start_end:
             raise NotImplementedError("tune_mm_mlp_adapter together with mm_use_im_start_end is not supported.")
 
         image_features = self._image_features_per_image(images, image_sizes)
@@ -229,13 +230,13 @@ class LlavaMetaForCausalLM(ABC):
             new_embeds.append(torch.cat(pieces))
             new_labels.append(torch.cat(piece_labels))
 
-        max_len_cfg = getattr(self.config, "tokenizer_model_max_length", None)
+        max_len_cfg = self.config.tokenizer_model_max_length
         if max_len_cfg is not None:
             new_embeds = [x[:max_len_cfg] for x in new_embeds]
             new_labels = [x[:max_len_cfg] for x in new_labels]
 
         embeds, labels, attention_mask, position_ids = pad_multimodal_batch(
-            new_embeds, new_labels, getattr(self.config, "tokenizer_padding_side", "right"), attention_mask.device)
+            new_embeds, new_labels, self.config.tokenizer_padding_side, attention_mask.device)
 
         return (None,
                 None if _position_ids is None else position_ids,

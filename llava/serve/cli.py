@@ -42,7 +42,7 @@ def main(args, read=input):
         print(f"{roles[1]}: ", end="")
         if first:
             token = (DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-                     if getattr(model.config, "mm_use_im_start_end", False) else DEFAULT_IMAGE_TOKEN)
+                     if model.config.mm_use_im_start_end else DEFAULT_IMAGE_TOKEN)
             inp = token + "\n" + inp
             first = False
         conv.append_message(conv.roles[0], inp)

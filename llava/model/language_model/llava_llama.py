@@ -5,11 +5,14 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ..config import LlavaConfigMixin
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from .generation import LlavaGenerationMixin
 
 
-class LlavaConfig(LlamaConfig):
+class LlavaConfig(LlavaConfigMixin, LlamaConfig):
+    """LlamaConfig plus LLaVA's multimodal fields (llava.model.config.LlavaConfigMixin)."""
+
     model_type = "llava_llama"
 
 

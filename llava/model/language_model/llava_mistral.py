@@ -5,11 +5,14 @@ import torch.nn as nn
 from transformers import AutoConfig, AutoModelForCausalLM, MistralConfig, MistralForCausalLM, MistralModel
 from transformers.models.mistral.modeling_mistral import MistralPreTrainedModel
 
+from ..config import LlavaConfigMixin
 from ..llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from .generation import LlavaGenerationMixin
 
 
-class LlavaMistralConfig(MistralConfig):
+class LlavaMistralConfig(LlavaConfigMixin, MistralConfig):
+    """MistralConfig plus LLaVA's multimodal fields (llava.model.config.LlavaConfigMixin)."""
+
     model_type = "llava_mistral"
 
 

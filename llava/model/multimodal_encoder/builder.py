@@ -5,6 +5,7 @@ from .clip_encoder import CLIPVisionTower
 
 
 def build_vision_tower(vision_tower_cfg, **kwargs):
+    # vision_tower_cfg: the LLaVA config (mm_vision_tower) or ModelArguments (vision_tower), hence getattr.
     vision_tower = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
     if vision_tower is None:
         raise ValueError("No vision tower given: set --vision_tower (a local CLIP folder or a hub name).")

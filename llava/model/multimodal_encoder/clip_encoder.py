@@ -23,6 +23,7 @@ class CLIPVisionTower(nn.Module):
         super().__init__()
         self.is_loaded = False
         self.vision_tower_name = vision_tower
+        # args: the LLaVA config or ModelArguments (or a namespace standing in for them), hence getattr below.
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if self.select_feature not in ("patch", "cls_patch"):

@@ -25,7 +25,7 @@ class SimpleResBlock(nn.Module):
 
 
 def build_vision_projector(config, delay_load=False, **kwargs):
-    projector_type = getattr(config, "mm_projector_type", "linear")
+    projector_type = config.mm_projector_type
     if projector_type == "linear":
         return nn.Linear(config.mm_hidden_size, config.hidden_size)
     mlp = re.match(r"^mlp(\d+)x_gelu$", projector_type)
