@@ -15,7 +15,15 @@ import time
 import pytest
 
 from dualspeed_lab.reproduce import presets
-from dualspeed_lab.reproduce import driver as rp
+from dualspeed_lab.reproduce import cli
+from dualspeed_lab.reproduce.assets import prepare_task
+from dualspeed_lab.reproduce.common import SCHEMA
+from dualspeed_lab.reproduce.plan import NORMAL, EvalSpec, plan_cells, variant_name
+from dualspeed_lab.reproduce.report import Report
+from dualspeed_lab.reproduce.runner import Runner
+from dualspeed_lab.reproduce.stats import Results, Stat
+from dualspeed_lab.reproduce.summary import effects, write_summary
+from dualspeed_lab.reproduce.tables import fmt_stat
 from tests.helpers import BIN, ROOT
 
 TYPES = ("color", "shape", "count", "position", "glyph", "exists", "size")
@@ -30,16 +38,16 @@ class _Args:
 
 def _runner(P):
     models = {"source": "x", "model": "/m/llm", "vision_tower": "/m/clip"}
-    return rp.Runner(P, _Args(), "/out", "/task", models, "/q.jsonl", [{"question_id": 1}], dry_run=True)
+    return Runner(P, _Args(), "/out", "/task", models, "/q.jsonl", [{"question_id": 1}], dry_run=True)
 
 
 def test_full_plan_shares_pretraining_and_merges_identical_recipes():
     P = presets.FULL
-    cells, alias = rp.plan_cells(P)
+    cells, alias = plan_cells(P)
     # sweep points equal to the defaults are DualSpeed itself
     for v in ("vtp-divprune", "p0.9", "r0.1", "l4"):
         assert v not in cells
-    assert rp.variant_name(P, "p", 0.9) == "dualspeed" and rp.variant_name(P, "vtp", "random") == "vtp-random"
+    assert variant_name(P, "p", 0.9) == "dualspeed" and variant_name(P, "vtp", "random") == "vtp-random"
     r = _runner(P)
     key = lambda v: r.pretrain_key(cells[v], 0)  # noqa: E731
     # one pretraining run for recipes that differ only in SFT
@@ -63,7 +71,7 @@ def test_full_plan_shares_pretraining_and_merges_identical_recipes():
 
 def test_commands_are_the_real_scripts_with_the_dualspeed_flags():
     P = presets.QUICK
-    cells, _ = rp.plan_cells(P)
+    cells, _ = plan_cells(P)
     assert list(cells) == ["baseline", "naiveprune", "dualspeed"]
     r = _runner(P)
     env, argv = r.stage_command("pretrain", cells["baseline"], 3, "/o")
@@ -77,17 +85,17 @@ def test_commands_are_the_real_scripts_with_the_dualspeed_flags():
     assert argv[1] == "scripts/v1_5/finetune_lora.sh" and env["DUALSPEED"] == "1"
     assert env["PRETRAIN_MM_MLP_ADAPTER"] == "/p/mm_projector.bin"
     assert argv[argv.index("--slow_mode_ratio") + 1] == "0.0" and argv[argv.index("--use_isolator") + 1] == "False"
-    spec = rp.EvalSpec(True, "divprune", 0.9, False)
+    spec = EvalSpec(True, "divprune", 0.9, False)
     cmd = r.eval_command(spec, "/sft", "/a.jsonl", 0)
     i = cmd.index("dualspeed_patch.run")
     assert cmd[i + 1:i + 2] == ["--pruned"] and "--no_isolator" in cmd
     assert cmd[cmd.index("--temperature") + 1] == "0" and cmd[cmd.index("--device") + 1] == "cpu"
-    assert "dualspeed_patch.run" not in r.eval_command(rp.NORMAL, "/sft", "/a.jsonl", 0)
+    assert "dualspeed_patch.run" not in r.eval_command(NORMAL, "/sft", "/a.jsonl", 0)
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
-    rc = rp.main(["--preset", "full", "--models", "tiny", "--out", str(tmp_path / "out"),
-                  "--cache-dir", str(tmp_path / "cache"), "--dry-run"])
+    rc = cli.main(["--preset", "full", "--models", "tiny", "--out", str(tmp_path / "out"),
+                   "--cache-dir", str(tmp_path / "cache"), "--dry-run"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "== cell baseline" in text and "== cell vtp-fastervlm" in text and "== cell l8" in text
@@ -106,16 +114,16 @@ def _cell(name, seed, acc, pre_s, sft_s, pruned=None, key="k"):
     evals = {}
     for ev, a in (("normal", acc), ("pruned-divprune-p0.9-iso", pruned), ("pruned-divprune-p0.9-noiso", pruned)):
         evals[ev] = {"accuracy": a, "n": 70, "per_type": {t: {"accuracy": a, "n": 10} for t in TYPES}}
-    return {"schema": rp.SCHEMA, "cell": name, "label": name.capitalize(), "aliases": [name], "seed": seed,
+    return {"schema": SCHEMA, "cell": name, "label": name.capitalize(), "aliases": [name], "seed": seed,
             "config": {"key": key}, "evals": evals,
             "stages": {"pretrain": {"train_runtime_s": pre_s, "wall_s": pre_s + 10},
                        "sft": {"train_runtime_s": sft_s, "wall_s": sft_s + 10}}}
 
 
 def _report(tmp_path, cells_json, P=presets.QUICK):
-    cells, alias = rp.plan_cells(P)
-    R = rp.Results(cells_json, P.seeds)
-    return R, rp.Report(P, R, cells, alias, _questions(), str(tmp_path))
+    cells, alias = plan_cells(P)
+    R = Results(cells_json, P.seeds)
+    return R, Report(P, R, cells, alias, _questions(), str(tmp_path))
 
 
 def test_stats_relative_and_speedup_are_paired_by_seed(tmp_path):
@@ -132,9 +140,9 @@ def test_stats_relative_and_speedup_are_paired_by_seed(tmp_path):
     sp = R.speedup("dualspeed")
     assert sp.values == pytest.approx([2.0, 300 / 160, 300 / 170])
     assert R.time("dualspeed", "pretrain").mean == 50.0 and R.time("dualspeed", "total", "wall").mean == 180.0
-    assert rp.fmt_stat(st, "acc") == "80.0 ± 10.0" and rp.fmt_stat(rp.Stat([2.0]), "speedup") == "2.00×"
+    assert fmt_stat(st, "acc") == "80.0 ± 10.0" and fmt_stat(Stat([2.0]), "speedup") == "2.00×"
     # one seed: the spread of an accuracy is its Agresti-Coull standard error over n questions
-    one = rp.Stat([0.5], 96)
+    one = Stat([0.5], 96)
     assert one.std is None and one.spread() == pytest.approx(0.05)
 
 
@@ -152,7 +160,7 @@ def test_summary_says_the_effect_shows_when_it_exceeds_the_spread(tmp_path):
     P = presets.QUICK.replace(seeds=(0, 1, 2))
     R, rep = _report(tmp_path, _three_variants(0.80, 0.60, 0.79), P)
     mds = rep.write_all()
-    path = rp.write_summary(str(tmp_path), P, R, rep, mds, {"seeds": [0, 1, 2], "wall_s": 1.0})
+    path = write_summary(str(tmp_path), P, R, rep, mds, {"seeds": [0, 1, 2], "wall_s": 1.0})
     text = open(path).read()
     eff = {e["claim"].split(" (")[0]: e for e in json.load(open(tmp_path / "effects.json"))}
     assert eff["The baseline learned the task"]["verdict"] == "yes"
@@ -180,29 +188,29 @@ def test_summary_is_inconclusive_within_the_spread_and_flags_a_model_at_chance(t
     P = presets.QUICK.replace(seeds=(0, 1, 2))
     # differences of 2 points with a seed spread of 10 points: nothing shows
     R, rep = _report(tmp_path, _three_variants(0.60, 0.58, 0.60, jitter=0.10), P)
-    eff = rp.effects(R, rep.chance, P)
+    eff = effects(R, rep.chance, P)
     assert eff[1]["verdict"] == "within spread (inconclusive)"
     assert eff[2]["verdict"] == "within spread (inconclusive)"
     # a baseline at chance: the summary says the comparison is uninformative
     chance = rep.chance
     R, rep = _report(tmp_path, _three_variants(chance, chance, chance), P)
-    path = rp.write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": [0, 1, 2]})
+    path = write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": [0, 1, 2]})
     assert "did not learn to use the image" in open(path).read()
     # a baseline that learned: one seed gets the caveat that its spread ignores training, three seeds do not
     R, rep = _report(tmp_path, _three_variants(0.8, 0.6, 0.8), P)
     for seeds, caveat in (([0], True), ([0, 1, 2], False)):
-        path = rp.write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": seeds})
+        path = write_summary(str(tmp_path), P, R, rep, rep.write_all(), {"seeds": seeds})
         assert ("One seed: the spread above is the sampling error" in open(path).read()) is caveat
     # slower "DualSpeed": the timing claim says no
     R, rep = _report(tmp_path, _three_variants(0.8, 0.6, 0.8, t_ds=(150.0, 300.0)), P)
-    eff = {e["claim"].split(" (")[0]: e for e in rp.effects(R, rep.chance, P)}
+    eff = {e["claim"].split(" (")[0]: e for e in effects(R, rep.chance, P)}
     assert eff["DualSpeed trains faster than the baseline"]["verdict"].startswith("no")
     assert eff["DualSpeed needs less CPU time than the baseline"]["verdict"] == "not measured"
 
 
 def test_full_preset_tables_from_synthetic_results(tmp_path):
     P = presets.FULL.replace(seeds=(0, 1))
-    cells, alias = rp.plan_cells(P)
+    cells, alias = plan_cells(P)
     runs = []
     for s in P.seeds:
         for i, (name, cell) in enumerate(cells.items()):
@@ -211,8 +219,8 @@ def test_full_preset_tables_from_synthetic_results(tmp_path):
             for e in cell.evals:
                 r["evals"].setdefault(e.name, r["evals"]["normal"])
             runs.append(r)
-    R = rp.Results(runs, P.seeds)
-    rep = rp.Report(P, R, cells, alias, _questions(), str(tmp_path))
+    R = Results(runs, P.seeds)
+    rep = Report(P, R, cells, alias, _questions(), str(tmp_path))
     mds = rep.write_all()
     assert set(mds) == set(presets.ALL_TABLES)
     for key in ("table1", "table3", "table4", "fig5", "fig6"):
@@ -248,7 +256,7 @@ def test_driver_end_to_end_on_the_reduced_preset(tiny_assets, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert {r["cell"] for r in results["cells"]} == {"baseline", "naiveprune", "dualspeed"}
     for r in results["cells"]:
-        assert r["schema"] == rp.SCHEMA and r["seed"] == 0 and r["preset"] == "smoke"
+        assert r["schema"] == SCHEMA and r["seed"] == 0 and r["preset"] == "smoke"
         assert set(r["stages"]) == {"pretrain", "sft"}
         for st in r["stages"].values():
             assert st["wall_s"] > 0 and st["train_runtime_s"] > 0 and st["steps"] == 2
@@ -296,11 +304,11 @@ def test_reruns_repeat(tiny_assets, tmp_path):
 
 
 def test_no_progress_silences_the_one_time_task_build(tmp_path, capsys):
-    P = rp.presets_mod.get("smoke")
-    quiet = rp.prepare_task(P, str(tmp_path / "quiet"), log=lambda *a: None, progress=False)
+    P = presets.get("smoke")
+    quiet = prepare_task(P, str(tmp_path / "quiet"), log=lambda *a: None, progress=False)
     assert os.path.isfile(os.path.join(quiet, "meta.json"))
     assert "img/s" not in capsys.readouterr().err
-    rp.prepare_task(P, str(tmp_path / "loud"), log=lambda *a: None, progress=True)
+    prepare_task(P, str(tmp_path / "loud"), log=lambda *a: None, progress=True)
     assert "img/s" in capsys.readouterr().err  # the same build with its bars: the check above can fail
 
 
@@ -316,7 +324,7 @@ def test_mode_gap_claims_are_paired_by_seed(tmp_path):
     R, rep = _report(tmp_path, runs, P)
     gap = R.mode_gap("naiveprune", "normal", "pruned-divprune-p0.9-noiso")
     assert gap.values == pytest.approx([-0.2, -0.19, -0.18])
-    eff = {e["claim"].split(" (")[0]: e for e in rp.effects(R, rep.chance, P)}
+    eff = {e["claim"].split(" (")[0]: e for e in effects(R, rep.chance, P)}
     np_gap = eff["NaivePrune is worse on full sequences than on the pruned ones it trained on"]
     assert np_gap["diff"] == pytest.approx(-0.19) and np_gap["spread"] == pytest.approx(0.01)
     assert np_gap["verdict"] == "yes" and np_gap["detail"] == "that way in 3 of 3 seeds"
@@ -324,6 +332,6 @@ def test_mode_gap_claims_are_paired_by_seed(tmp_path):
     # the comparison between recipes sees the seed-to-seed swing and stays inconclusive
     assert eff["NaivePrune loses accuracy on full sequences"]["verdict"] == "within spread (inconclusive)"
     # one seed: the spread is that of the two accuracies behind the difference
-    R1 = rp.Results(runs, [0])
-    one = {e["claim"].split(" (")[0]: e for e in rp.effects(R1, rep.chance, P)}
+    R1 = Results(runs, [0])
+    one = {e["claim"].split(" (")[0]: e for e in effects(R1, rep.chance, P)}
     assert one["NaivePrune is worse on full sequences than on the pruned ones it trained on"]["spread"] > 0

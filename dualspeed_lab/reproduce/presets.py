@@ -5,12 +5,16 @@ long (steps, batch sizes, learning rates). Every field can be overridden from th
 `python -m dualspeed_lab.reproduce --help`.
 
     quick   Table 2 (baseline / NaivePrune / DualSpeed; normal and pruned inference) plus the speed table,
-            1 seed: about 9.5 minutes on 2 CPU cores once the task and the models exist (their one-time
-            build: about 11 minutes, most of it the toy LLM's scene warm-up).
-    full    every table and figure (Tables 1-4, Figures 5 and 6), 3 seeds: hours on 2 CPU cores
-            (about 8.5 h estimated by `--dry-run`; see docs/reproduce.md).
+            1 seed.
+    full    every table and figure (Tables 1-4, Figures 5 and 6), 3 seeds.
     smoke   the reduced preset of the test suite: tiny untrained models, a few images, 2 training steps,
             3 evaluation questions. Checks the plumbing, measures nothing.
+
+    from dualspeed_lab.reproduce import presets
+    P = presets.get("quick").replace(seeds=(0, 1, 2))     # None values leave a field as it is
+
+Run times: each preset's `expected` (shown by --help) and docs/reproduce.md, which also holds the
+measurements behind the defaults below.
 
 Seeds: the task (data) and the base models are fixed (`task_seed`, `model_seed`), as Vicuna, CLIP and the
 datasets are in the paper; a run's `--seed` drives what training draws (projector and LoRA init, data order,
@@ -54,7 +58,7 @@ class Preset:
     sft_epochs: float = 1.0
     sft_batch: int = 8
     sft_lr: Optional[float] = 1e-3       # the 7B recipe's 2e-4 / 2e-5 learn the answer format too slowly
-    # The projector must still find the scene warm-up's word-vector space in SFT (lm_probe: 3e-3 beats 1e-3).
+    # The projector must still find the scene warm-up's word-vector space in SFT (docs/reproduce.md).
     mm_projector_lr: Optional[float] = 3e-3
     lora_r: Optional[int] = 16           # the script's 128 is wider than a toy LLM
     lora_alpha: Optional[int] = 32
@@ -62,9 +66,8 @@ class Preset:
     logging_steps: int = 5
     extra_train_flags: Tuple[str, ...] = ("--gradient_checkpointing", "False")
     # CPU threads per training/eval process (OMP_NUM_THREADS, MKL_NUM_THREADS). 1 by default: on cores shared
-    # with other jobs, 2 OpenMP threads spin at every barrier while one of them is descheduled; measured here,
-    # the same 8 pretraining steps took 22.4 s with 2 threads and 10.0 s with 1 under a load of 4 on 2 cores.
-    # None: leave the environment alone (torch then uses every core).
+    # with other jobs, 2 OpenMP threads spin at every barrier while one of them is descheduled
+    # (docs/reproduce.md). None: leave the environment alone (torch then uses every core).
     threads: Optional[int] = 1
     # --- DualSpeed (the paper's defaults)
     vtp_method: str = "divprune"
@@ -91,10 +94,10 @@ QUICK = Preset(
     description="Table 2 + speed, 1 seed",
     tables=("table2", "speed"),
     seeds=(0,),
-    # 400 questions: with 80 the test sample's own error (~5.5 points) was as large as the spread between seeds
+    # why 400 test questions and 120 SFT steps: docs/reproduce.md
     eval_per_type=200,
     pretrain_steps=30,
-    sft_steps=120,  # 60 steps: baseline 26 % (chance 18 %); 120: 50 % (docs/reproduce.md)
+    sft_steps=120,
     expected="~9.5 min on 2 shared CPU cores, after a one-time build of the task and the toy models (~11 min)",
 )
 
@@ -131,12 +134,13 @@ SMOKE = Preset(
 
 PRESETS: Dict[str, Preset] = {p.name: p for p in (QUICK, FULL, SMOKE)}
 
-# Rough costs measured on the shared 2-core CPU machine with the toy models, for --dry-run's estimate only.
+# Rough per-run costs with the toy models on 2 shared CPU cores, for --dry-run's estimate only
+# (where they come from: docs/reproduce.md).
 COST = {
     "train_startup_s": 8.0,          # python + imports + model load + save, per training run
-    "train_sample_s": 0.12,          # per sample (image), toy models, 1 thread: ~0.2 plain, ~0.08 pruned
+    "train_sample_s": 0.12,          # per sample (image), toy models, 1 thread
     "eval_startup_s": 4.0,           # per evaluation process
-    "eval_question_s": 0.065,        # per question, greedy, toy models (400 questions: 24-33 s, 80: 8-10 s)
+    "eval_question_s": 0.065,        # per question, greedy, toy models
 }
 
 
