@@ -7,9 +7,7 @@ import sys
 import pytest
 import torch
 
-from dualspeed_lab.toy import lm_probe
-from dualspeed_lab.toy import models as toy_models
-from dualspeed_lab.toy import task
+from dualspeed_lab.toy import config, lm_probe, lm_warmup, task, tower
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,13 +18,13 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_probe")
     data = str(root / "task")
     task.build_task(data, seed=0, sizes={"pretrain": 0, "train": 6, "val": 0, "test": 4})
-    tower = str(root / "tower")
-    toy_models.make_vision_model(0).save_pretrained(tower)
+    tower_dir = str(root / "tower")
+    tower.make_vision_model(0).save_pretrained(tower_dir)
     # build_llm trains a tokenizer on the toy text (the toy words must be in its vocabulary); 0 LM steps.
-    llm = toy_models.build_llm(str(root / "llm"), data, steps=0, progress=False, hidden_size=32,
-                               intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               num_key_value_heads=2)["path"]
-    return {"root": root, "task": data, "tower": tower, "llm": llm}
+    llm = lm_warmup.build_llm(str(root / "llm"), data, steps=0, progress=False, hidden_size=32,
+                              intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              num_key_value_heads=2)["path"]
+    return {"root": root, "task": data, "tower": tower_dir, "llm": llm}
 
 
 def _run(setup, name, *extra):
@@ -52,7 +50,7 @@ def test_curve_cache_and_determinism(setup):
     cache = torch.load(str(setup["root"] / "feats.pt"))
     for split, n in (("train", 6), ("test", 4)):
         images, feats = cache[split]
-        assert len(images) == n and feats.shape == (n, 576, toy_models.VISION_CONFIG["hidden_size"])
+        assert len(images) == n and feats.shape == (n, 576, config.VISION_CONFIG["hidden_size"])
     again = _run(setup, "b")  # same seed, features now read from the cache
     assert again["losses"] == first["losses"] and again["curve"][0]["acc"] == point["acc"]
     other = _run(setup, "c", "--seed", "1")

@@ -7,9 +7,8 @@ import random
 import pytest
 import torch
 
-from dualspeed_lab.toy import models as toy_models
+from dualspeed_lab.toy import lm_warmup, render, scenes, task
 from dualspeed_lab.toy import scene_warmup as sw
-from dualspeed_lab.toy import task
 
 TYPES = ["color", "shape"]
 
@@ -20,9 +19,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("scene_warmup")
     data = str(root / "task")
     task.build_task(data, seed=0, sizes={"pretrain": 0, "train": 6, "val": 0, "test": 4}, types=TYPES)
-    res = toy_models.build_llm(str(root / "llm"), data, steps=0, progress=False, hidden_size=32,
-                               intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               num_key_value_heads=2)
+    res = lm_warmup.build_llm(str(root / "llm"), data, steps=0, progress=False, hidden_size=32,
+                              intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              num_key_value_heads=2)
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     return {"task": data, "tok": AutoTokenizer.from_pretrained(res["path"]),
@@ -32,11 +31,11 @@ def setup(tmp_path_factory):
 def test_layouts(setup):
     tok, emb = setup["tok"], setup["lm"].get_input_embeddings().weight.detach()
     word = sw.WordVectors(emb, tok)
-    scene = task.make_scene(random.Random(3))
-    gt = task.ground_truth(scene)
+    scene = scenes.make_scene(random.Random(3))
+    gt = render.ground_truth(scene)
     grid = sw.scene_tokens(scene["objects"], gt["patch_map"], word, "grid")
     compact = sw.scene_tokens(scene["objects"], None, word, "compact")
-    assert grid.shape == (task.GRID * task.GRID, emb.shape[1])
+    assert grid.shape == (scenes.GRID * scenes.GRID, emb.shape[1])
     assert compact.shape == (len(scene["objects"]), emb.shape[1])
     for k, o in enumerate(scene["objects"]):
         ids = lambda w: tok(" " + w, add_special_tokens=False).input_ids  # noqa: E731
@@ -71,10 +70,10 @@ def test_conversation_matches_the_task_records(setup):
 def test_draw_skips_held_out_scenes(setup):
     held = sw.held_out_keys(setup["task"])
     truth = json.load(open(os.path.join(setup["task"], "test", "objects.json")))
-    assert held == {task.scene_key(gt) for gt in truth.values()} and len(held) == 4
+    assert held == {scenes.scene_key(gt) for gt in truth.values()} and len(held) == 4
     first, _ = sw.draw(random.Random("x"), TYPES, set())
-    again, qs = sw.draw(random.Random("x"), TYPES, {task.scene_key(first)})
-    assert task.scene_key(again) != task.scene_key(first)
+    again, qs = sw.draw(random.Random("x"), TYPES, {scenes.scene_key(first)})
+    assert scenes.scene_key(again) != scenes.scene_key(first)
     assert qs and {q["type"] for q in qs} <= set(TYPES)
 
 

@@ -1,4 +1,5 @@
-"""The synthetic local-evidence task (dualspeed_lab/toy/task.py) and its image-blind baseline.
+"""The synthetic local-evidence task (dualspeed_lab/toy/{scenes,render,questions,task}.py) and its image-blind
+baseline.
 
 Small sizes only: a few dozen rendered images, a few thousand questions generated without pixels.
 """
@@ -14,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualspeed_lab.toy import task
+from dualspeed_lab.toy import questions, render, scenes, task
 from dualspeed_lab.toy.blind_baseline import as_eval_rows, blind_table, format_table
 from dualspeed_lab.toy.blind_baseline import main as blind_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"pretrain": 6, "train": 30, "val": 6, "test": 20}
-PALETTE = np.array([task.COLORS[c] for c in task.COLOR_NAMES], dtype=float)
+PALETTE = np.array([scenes.COLORS[c] for c in scenes.COLOR_NAMES], dtype=float)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -51,17 +52,17 @@ def _palette_labels(arr):
 def _majority_color(lab, box):
     x0, y0, x1, y1 = box
     sub = lab[y0:y1, x0:x1]
-    return task.COLOR_NAMES[Counter(sub[sub >= 0].ravel().tolist()).most_common(1)[0][0]]
+    return scenes.COLOR_NAMES[Counter(sub[sub >= 0].ravel().tolist()).most_common(1)[0][0]]
 
 
 def _pixel_shape(lab, obj, color):
     """The shape whose silhouette best overlaps (IoU) the pixels of `color` inside the object's box."""
     x0, y0, x1, y1 = obj["box"]
     seen = np.zeros(lab.shape, bool)
-    seen[y0:y1, x0:x1] = lab[y0:y1, x0:x1] == task.COLOR_NAMES.index(color)
+    seen[y0:y1, x0:x1] = lab[y0:y1, x0:x1] == scenes.COLOR_NAMES.index(color)
     ious = {}
-    for shape in task.SHAPES:
-        m = np.asarray(task.object_mask(obj, shape)) > 0
+    for shape in scenes.SHAPES:
+        m = np.asarray(render.object_mask(obj, shape)) > 0
         ious[shape] = (m & seen).sum() / (m | seen).sum()
     return max(ious, key=ious.get)
 
@@ -73,8 +74,8 @@ def _read_glyph(dark, box):
     crop = dark[y0:y1, x0:x1][ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     seen = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize((12, 16), Image.BILINEAR), float) / 255
     scores = {}
-    for letter in task.GLYPHS:
-        ref = np.asarray(task._glyph_master(letter).resize((12, 16), Image.BILINEAR), float) / 255
+    for letter in scenes.GLYPHS:
+        ref = np.asarray(render._glyph_master(letter).resize((12, 16), Image.BILINEAR), float) / 255
         scores[letter] = np.abs(seen - ref).sum()
     return min(scores, key=scores.get)
 
@@ -113,7 +114,7 @@ def test_files_and_formats(built):
                 assert len(conv) == 2  # LLaVA `plain` caption record
             else:
                 assert 1 <= len(conv) // 2 <= 3
-                assert all(t["value"].endswith(task.SHORT_ANSWER_SUFFIX) for t in conv[::2])
+                assert all(t["value"].endswith(questions.SHORT_ANSWER_SUFFIX) for t in conv[::2])
         if split == "pretrain":
             assert res["questions"] is None
             continue
@@ -122,7 +123,7 @@ def test_files_and_formats(built):
         assert len({r["question_id"] for r in rows}) == len(rows)
         for r in rows:
             assert {"question_id", "image", "text", "answer", "type"} <= set(r)
-            assert r["type"] in task.QUESTION_TYPES and r["answer"] in task.ANSWERS[r["type"]]
+            assert r["type"] in questions.QUESTION_TYPES and r["answer"] in questions.ANSWERS[r["type"]]
             assert r["image"] in objects and "<image>" not in r["text"]
 
 
@@ -161,8 +162,8 @@ def test_deterministic(tmp_path):
     assert ta == tb  # identical JSON and identical image bytes
     assert set(ta) == set(tc)  # same file names ...
     assert all(ta[p] != tc[p] for p in ta)  # ... every one of them different
-    assert task.render(task.make_scene(random.Random(7))).tobytes() == \
-        task.render(task.make_scene(random.Random(7))).tobytes()
+    assert render.render(scenes.make_scene(random.Random(7))).tobytes() == \
+        render.render(scenes.make_scene(random.Random(7))).tobytes()
 
 
 # -------------------------------------------------------------------------- answers from pixels
@@ -202,8 +203,8 @@ def test_answers_match_pixels(built):
                     assert ("large" if extent > 50 else "small") == ans
                 elif t == "count":
                     attr = "color" if "objects are there" in row["text"] else "shape"
-                    value = next(v for v in (task.COLOR_NAMES if attr == "color" else task.SHAPES)
-                                 if f" {v} " in row["text"] or f" {task.SHAPE_PLURALS.get(v, '?')} " in row["text"])
+                    value = next(v for v in (scenes.COLOR_NAMES if attr == "color" else scenes.SHAPES)
+                                 if f" {v} " in row["text"] or f" {scenes.SHAPE_PLURALS.get(v, '?')} " in row["text"])
                     assert int(ans) == sum(x[attr] == value for x in objs) == len(refs)
                     if attr == "color":  # count the blobs of that colour in the pixels
                         assert int(ans) == sum(_majority_color(lab, x["box"]) == value for x in objs)
@@ -226,7 +227,7 @@ def test_answers_match_pixels(built):
                                for x in objs)
                     assert ans == ("yes" if seen else "no")
                 checked[t] += 1
-    assert set(checked) == set(task.QUESTION_TYPES), checked
+    assert set(checked) == set(questions.QUESTION_TYPES), checked
 
 
 # ------------------------------------------------------------------------- referring expressions
@@ -297,17 +298,17 @@ def test_answer_distributions_balanced():
         words = q["question"].rstrip("?").split()
         ref = {"color": words[-1], "shape": words[-2], "glyph": words[-2], "size": words[-4]}.get(q["type"], "")
         by_ref[(q["type"], q["template"], ref)][q["answer"]] += 1
-    assert set(by_type) == set(task.QUESTION_TYPES)
+    assert set(by_type) == set(questions.QUESTION_TYPES)
     sizes = [sum(c.values()) for c in by_type.values()]
     assert max(sizes) < 2 * min(sizes), by_type  # every type is about equally frequent
     for t, c in by_type.items():
-        n, k = sum(c.values()), len(task.ANSWERS[t])
-        assert n >= 300 and set(c) == set(task.ANSWERS[t]), (t, c)
+        n, k = sum(c.values()), len(questions.ANSWERS[t])
+        assert n >= 300 and set(c) == set(questions.ANSWERS[t]), (t, c)
         assert max(c.values()) <= 2 * n / k and min(c.values()) >= 0.5 * n / k, (t, c)
     n_groups = 0
     for (t, template, ref), c in by_ref.items():
         n = sum(c.values())
-        k = 2 if t == "position" else len(task.ANSWERS[t])
+        k = 2 if t == "position" else len(questions.ANSWERS[t])
         if n >= 20 * k:  # e.g. the colours answered to 'What color is the star?'
             assert max(c.values()) <= 2 * n / k, (t, template, ref, c)
             n_groups += 1
@@ -319,8 +320,8 @@ def test_blind_baseline_near_chance():
     test = as_eval_rows(q for s in _in_memory("test", 700) for q in s["questions"])
     table = blind_table(train, test)
     text = format_table(table)
-    for t in task.QUESTION_TYPES:
-        assert table[t]["best"] <= task.CHANCE[t] + 0.08, text
+    for t in questions.QUESTION_TYPES:
+        assert table[t]["best"] <= questions.CHANCE[t] + 0.08, text
     assert table["overall"]["best"] <= table["overall"]["chance"] + 0.04, text
     assert table["overall"]["chance"] < 0.4
 
@@ -342,20 +343,37 @@ def test_task_cli_help():
 # ----------------------------------------------------------------------------------- captions etc.
 def test_caption_lists_every_object():
     for i in range(50):
-        scene = task.make_scene(random.Random(i))
-        cap = task.caption_for(scene)
-        assert cap == task.caption_for(scene)
-        assert cap.startswith(task.NUMBER_WORDS[len(scene["objects"])].capitalize() + " objects")
+        scene = scenes.make_scene(random.Random(i))
+        cap = scenes.caption_for(scene)
+        assert cap == scenes.caption_for(scene)
+        assert cap.startswith(scenes.NUMBER_WORDS[len(scene["objects"])].capitalize() + " objects")
         for o in scene["objects"]:
             phrase = f"{o['size']} {o['color']} {o['shape']}"
             if o["glyph"]:
                 phrase += f" with the letter {o['glyph']}"
-            assert f"{phrase} ({task.ROW_WORDS[o['cell'][0]]}, {task.COL_WORDS[o['cell'][1]]})" in cap
+            assert f"{phrase} ({scenes.ROW_WORDS[o['cell'][0]]}, {scenes.COL_WORDS[o['cell'][1]]})" in cap
 
 
 def test_scoring():
-    assert task.is_correct("Red.", "red") and task.is_correct("three", "3") and task.is_correct("The K", "K")
-    assert not task.is_correct("left", "right")
+    assert questions.is_correct("Red.", "red") and questions.is_correct("three", "3")
+    assert questions.is_correct("The K", "K") and not questions.is_correct("left", "right")
+
+
+def test_task_reexports_its_parts():
+    """dualspeed_lab.toy.task still offers every name of the single module it was split from (the reproduction
+    driver imports build_task, CHANCE and is_correct from it), as the very objects of scenes / render / questions."""
+    from dualspeed_lab.toy.task import CHANCE, build_task, is_correct
+
+    assert CHANCE is questions.CHANCE and is_correct is questions.is_correct and build_task is task.build_task
+    before_split = ["CANVAS", "PATCH", "GRID", "CELLS", "CELL", "COLORS", "COLOR_NAMES", "SHAPES", "SIZES", "GLYPHS",
+                    "BACKGROUNDS", "QUESTION_TYPES", "ANSWERS", "CHANCE", "SPLITS", "QA_SPLITS", "DEFAULT_SIZES",
+                    "DEFAULT_QUESTIONS", "SHORT_ANSWER_SUFFIX", "make_scene", "render", "ground_truth",
+                    "questions_for", "caption_for", "scene_key", "iter_split", "build_split", "build_task",
+                    "normalize_answer", "is_correct", "glyph_backend", "object_mask"]
+    assert set(before_split) <= set(task.__all__) and all(hasattr(task, n) for n in task.__all__)
+    for part in (scenes, render, questions):
+        for name in set(part.__all__) & set(task.__all__):
+            assert getattr(task, name) is getattr(part, name), name
 
 
 def test_restricted_question_types(tmp_path):
@@ -370,10 +388,10 @@ def test_restricted_question_types(tmp_path):
     records = json.load(open(out["train"]["data_path"]))
     assert len(records) == 30 and all(len(r["conversations"]) >= 2 for r in records)
     a = [s["questions"] for s in task.iter_split("train", 20, seed=1)]
-    b = [s["questions"] for s in task.iter_split("train", 20, seed=1, types=task.QUESTION_TYPES)]
+    b = [s["questions"] for s in task.iter_split("train", 20, seed=1, types=questions.QUESTION_TYPES)]
     assert a == b
-    scene = task.make_scene(random.Random(0))
+    scene = scenes.make_scene(random.Random(0))
     scene["objects"] = [dict(o, shape="circle", color="red") for o in scene["objects"]]  # nothing unique
-    assert task.questions_for(scene, random.Random(0), 2, types=("color", "shape")) == []
+    assert questions.questions_for(scene, random.Random(0), 2, types=("color", "shape")) == []
     with pytest.raises(ValueError, match="types"):
         next(task.iter_split("train", 1, types=("colour",)))

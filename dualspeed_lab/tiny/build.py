@@ -5,8 +5,11 @@ Nothing is downloaded. Everything is derived from `--seed`, so two builds with t
 byte-identical. A marker file records a finished build; rerunning with the same arguments is instant
 unless `--force` is given.
 
-    python scripts/build_tiny_assets.py                 # -> ./playground/tiny
+    python -m dualspeed_lab.tiny.build                  # -> ./playground/tiny (= python scripts/build_tiny_assets.py)
     source scripts/tiny/env.sh                          # exports MODEL_NAME_OR_PATH, VISION_TOWER, ...
+
+From Python: `build_all(out_root, seed=0, num_pretrain=64, num_finetune=64)` builds (or reuses) them and returns
+their paths; `asset_paths(out_root)` gives the same paths without building anything.
 
 Layout under --out (default ./playground/tiny):
 
@@ -23,8 +26,6 @@ import json
 import os
 import sys
 import time
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MARKER = ".tiny_assets_complete.json"
 FORMAT_VERSION = 1

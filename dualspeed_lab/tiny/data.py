@@ -11,6 +11,10 @@ Layout written under `<data_root>` (mirrors playground/data, spec §2.3):
     LLaVA-Pretrain/images/00000/000000000.jpg    paths in the JSON are relative to LLaVA-Pretrain/images
     llava_v1_5_mix_tiny.json                     finetune mix: single-turn, multi-turn and text-only samples
     coco/train2017/*.jpg  gqa/images/*.jpg  vg/VG_100K/*.jpg   paths in the JSON are relative to <data_root>
+
+    paths = build_data(data_root, seed=0, num_pretrain=64, num_finetune=64)   # + paths["texts"] for the tokenizer
+
+dualspeed_lab/tiny/build.py calls it; `make_scene` / `render_scene` draw single images.
 """
 from __future__ import annotations
 

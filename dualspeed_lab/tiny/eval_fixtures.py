@@ -2,7 +2,7 @@
 """Tiny offline stand-ins for the nine LLaVA-1.5 eval sets, in their real file formats and at the paths
 scripts/v1_5/eval/*.sh expect under an eval root (upstream: ./playground/data/eval).
 
-    python dualspeed_lab/tiny/eval_fixtures.py --out ./playground/tiny/eval
+    python -m dualspeed_lab.tiny.eval_fixtures --out ./playground/tiny/eval
     EVAL_DIR=./playground/tiny/eval bash scripts/v1_5/eval/pope.sh ./checkpoints/llava-tiny
 
 Every question is about a small synthetic picture: a plain coloured background with a centred square of a

@@ -2,6 +2,8 @@
 
 The folder holds both the model and the tokenizer, like the Vicuna hub folder, so
 `AutoTokenizer.from_pretrained(out_dir)` and `LlamaForCausalLM.from_pretrained(out_dir)` both work.
+
+    build_llm(out_dir, tokenizer_dir, seed=0)   # after tokenizer.train_tokenizer(tokenizer_dir, texts)
 """
 from __future__ import annotations
 

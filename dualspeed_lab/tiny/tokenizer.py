@@ -3,6 +3,10 @@
 Layout follows Vicuna-v1.5: unk=0 `<unk>`, bos=1 `<s>`, eos=2 `</s>`, byte fallback, a dummy prefix,
 `legacy=False`. We save `tokenizer.model` *and* the converted `tokenizer.json`, so transformers 5 loads
 the same tokenizers-backed tokenizer every time without re-running the conversion.
+
+    train_tokenizer(out_dir, texts, vocab_size=1000)   # then AutoTokenizer.from_pretrained(out_dir)
+
+Used by dualspeed_lab/tiny/build.py and by the toy LLM's build (dualspeed_lab/toy/lm_warmup.py).
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ transformers 5 note: `CLIPImageProcessor` is the torchvision backend; without to
 `CLIPImageProcessorPil` with a warning. We build and save with `CLIPImageProcessorPil` directly. The saved
 `preprocessor_config.json` still says `"image_processor_type": "CLIPImageProcessor"` (as the hub file does),
 which is what lets `CLIPImageProcessor`/`AutoImageProcessor` (and 4.x) load it too.
+
+    build_vision_tower(out_dir, seed=0)   # the model + preprocessor_config.json
+    make_image_processor()                # the processor alone (dualspeed_lab/toy/tower.py saves it too)
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 
 Fitted on the train split's questions.jsonl, scored (exact match) on the evaluation split's:
 
-    chance     a uniform guess among the answers the question's template allows (dualspeed_lab/toy/task.CHANCE)
+    chance     a uniform guess among the answers the question's template allows (dualspeed_lab/toy/questions.CHANCE)
     type       the majority train answer of the question type
     template   the majority train answer of (type, template), e.g. 'What color is the {shape}?'
     text       the majority train answer of the exact question text (referring expression included),
@@ -22,9 +22,7 @@ import os
 from collections import Counter, defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dualspeed_lab.toy.task import CHANCE, QUESTION_TYPES, normalize_answer
+from dualspeed_lab.toy.questions import CHANCE, QUESTION_TYPES, normalize_answer
 
 STRATEGIES = ("type", "template", "text")
 COLUMNS = ("chance",) + STRATEGIES + ("best",)

@@ -21,22 +21,8 @@ the train scenes re-derived by task.iter_split), --question-first (question befo
     ... --turns 7 --lr 3e-3                   # multi-turn
     ... --oracle --lr 5e-4                    # the ideal tower: is the LM the bottleneck?
 
-Findings (2 CPU cores, toy task seed 0, 2000 train images, tower from dualspeed_lab/toy/models.py with the
-attention-supervision build; batch 8, lr 1e-3 unless noted):
- * single-turn, all 7 types, full FT, 600 steps: 34.0 % overall (chance 31.7 %), flat loss ~0.6;
- * one type only (color; shape): chance until step 300, then 37-41 % at steps 400-500 (chance
-   17-20 %): learning starts, but only after a long plateau;
- * multi-turn, 7 questions per image, 200-400 steps, lr 1e-3 or 3e-3: at chance;
- * scenes with 1-2 objects instead of 3-6 (task.MIN_OBJECTS / MAX_OBJECTS patched for the build), 7 turns,
-   200 steps: 36-39 % (chance ~35 %); only color starts (31 % vs 17 %);
- * question before the image: no change in 200 steps;
- * --oracle (the ideal tower), lr 5e-4: all 7 types 29-33 % over 100-400 steps (chance 31 %); color only
-   23 / 43 / 49 % at steps 200 / 300 / 400: the same curves as the real tower's.
-Conclusion: the tower carries the answers (the attention probe of `python -m dualspeed_lab.toy.models --probe`
-reached 60 % on val, and the ideal tower does no better here), but the 3-layer 128-wide LM needs hundreds of steps before it attends to the right
-visual tokens; the quick preset's 40 SFT steps cannot show accuracy effects.
-After the scene warm-up (dualspeed_lab/toy/scene_warmup.py, now part of the toy LLM's build), color + shape only,
-LoRA 16, lr 1e-3: 19.8 % (text-only LLM) -> 36.8-40.7 % at step 100 (chance 18.4 %); see docs/reproduce.md.
+What this tool measured on the full toy task (per variant, the oracle, after the scene warm-up) is
+recorded in docs/toy_findings.md.
 """
 from __future__ import annotations
 
@@ -50,9 +36,10 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dualspeed_lab.toy import task as toy_task
+from dualspeed_lab.toy.questions import CHANCE, QUESTION_TYPES, SHORT_ANSWER_SUFFIX, questions_for
+from dualspeed_lab.toy.scenes import capitalized
+from dualspeed_lab.toy.task import iter_split
+from dualspeed_lab.toy.tower import encode_patches  # read_layer(load_pixels(...))[:, 1:], batched, no grad
 
 SPLITS = ("train", "test")
 
@@ -66,7 +53,7 @@ def read_questions(task_dir: str, split: str, types: Optional[Sequence[str]] = N
 def load_features(path: str, task_dir: str, tower: str, progress: bool = False) -> Dict[str, tuple]:
     """{split: (image paths, fp16 (N, 576, D) features)}; encoded with the frozen tower if `path` is missing.
 
-    fp16 halves the file (2500 toy images: ~370 MB); the LM sees them as float32."""
+    fp16 halves the file (a measured size: docs/toy_findings.md); the LM sees them as float32."""
     want = {s: sorted({r["image"] for r in read_questions(task_dir, s)}) for s in SPLITS}
     if os.path.exists(path):
         cache = torch.load(path)
@@ -75,11 +62,9 @@ def load_features(path: str, task_dir: str, tower: str, progress: bool = False) 
         return cache
     from transformers import CLIPVisionModel
 
-    from dualspeed_lab.toy.models import _encode  # _read_layer(_pixels(...))[:, 1:], batched, no grad
-
     model = CLIPVisionModel.from_pretrained(tower).float().eval()
-    cache = {s: (imgs, _encode(model, [os.path.join(task_dir, p) for p in imgs], progress=progress,
-                               desc=f"features {s}").half()) for s, imgs in want.items()}
+    cache = {s: (imgs, encode_patches(model, [os.path.join(task_dir, p) for p in imgs], progress=progress,
+                                      desc=f"features {s}").half()) for s, imgs in want.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save(cache, path + ".tmp")
     os.replace(path + ".tmp", path)  # no half-written cache after an interrupt
@@ -113,23 +98,23 @@ def multi_turn(task_dir: str, k: int, types: Sequence[str], seed: int) -> List[t
     meta = json.load(open(os.path.join(task_dir, "meta.json")))
     held: set = set()
     for split in ("test", "val"):  # build order: val excludes test, train excludes both
-        held |= {s["key"] for s in toy_task.iter_split(split, meta["sizes"].get(split, 0), meta["seed"],
-                                                       meta["questions_per_image"].get(split) or 1,
-                                                       exclude=set(held),
-                                                       types=meta.get("question_types", toy_task.QUESTION_TYPES))}
+        held |= {s["key"] for s in iter_split(split, meta["sizes"].get(split, 0), meta["seed"],
+                                              meta["questions_per_image"].get(split) or 1,
+                                              exclude=set(held),
+                                              types=meta.get("question_types", QUESTION_TYPES))}
     stored = collections.defaultdict(list)
     for r in read_questions(task_dir, "train"):
         stored[r["image"]].append(r["text"])
     out = []
-    for smp in toy_task.iter_split("train", meta["sizes"]["train"], meta["seed"],
-                                   meta["questions_per_image"]["train"], exclude=held,
-                                   types=meta.get("question_types", toy_task.QUESTION_TYPES)):
-        texts = [f"{q['question']}\n{toy_task.SHORT_ANSWER_SUFFIX}" for q in smp["questions"]]
+    for smp in iter_split("train", meta["sizes"]["train"], meta["seed"],
+                          meta["questions_per_image"]["train"], exclude=held,
+                          types=meta.get("question_types", QUESTION_TYPES)):
+        texts = [f"{q['question']}\n{SHORT_ANSWER_SUFFIX}" for q in smp["questions"]]
         if texts != stored[smp["image"]]:
             raise SystemExit(f"{smp['image']}: re-derived scene does not match the task (other task code?)")
         rng = random.Random(f"lm_probe/{seed}/{smp['id']}")
-        qs = toy_task.questions_for(smp["scene"], rng, min(k, len(types)), types=types)
-        out.append((smp["image"], [(f"{q['question']}\n{toy_task.SHORT_ANSWER_SUFFIX}", toy_task._cap(q["answer"]),
+        qs = questions_for(smp["scene"], rng, min(k, len(types)), types=types)
+        out.append((smp["image"], [(f"{q['question']}\n{SHORT_ANSWER_SUFFIX}", capitalized(q["answer"]),
                                     q["type"]) for q in qs]))
     return out
 
@@ -216,8 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
-    types = [t for t in args.types.split(",") if t] or list(toy_task.QUESTION_TYPES)
-    unknown = set(types) - set(toy_task.QUESTION_TYPES)
+    types = [t for t in args.types.split(",") if t] or list(QUESTION_TYPES)
+    unknown = set(types) - set(QUESTION_TYPES)
     if unknown:
         ap.error(f"unknown --types {sorted(unknown)}")
     tok = AutoTokenizer.from_pretrained(args.llm)
@@ -232,15 +217,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     index = {s: {p: i for i, p in enumerate(feats[s][0])} for s in SPLITS}
 
     def single(split):  # one question per sequence, answers capitalised as train.json has them
-        return [(r["image"], [(r["text"], toy_task._cap(r["answer"]), r["type"])])
+        return [(r["image"], [(r["text"], capitalized(r["answer"]), r["type"])])
                 for r in read_questions(args.task, split, types)]
 
     convs = multi_turn(args.task, args.turns, types, args.seed) if args.turns else single("train")
     train = tokenize(convs, index["train"], tok, args.question_first)
     test = tokenize(single("test")[:args.eval_limit or None], index["test"], tok, args.question_first)
     counts = collections.Counter(t for *_, (t,) in test)
-    chance = {t: round(100 * toy_task.CHANCE[t], 1) for t in sorted(counts)}
-    chance["all"] = round(100 * sum(toy_task.CHANCE[t] * c for t, c in counts.items()) / max(1, len(test)), 1)
+    chance = {t: round(100 * CHANCE[t], 1) for t in sorted(counts)}
+    chance["all"] = round(100 * sum(CHANCE[t] * c for t, c in counts.items()) / max(1, len(test)), 1)
     print(f"train: {len(train)} sequences, {sum(len(s[3]) for s in train)} answers; test: {len(test)} "
           f"questions {dict(sorted(counts.items()))}", flush=True)
 

@@ -12,12 +12,16 @@ Layouts of the scene in the sequence (where LLaVA puts the image tokens of a vic
            come): the owning object's vector, zero on the background. This is what LLaVA's layout looks like.
   compact  one token per object, in cell order: 20x shorter, so far more questions per CPU second; it
            teaches the lookup, the grid steps teach the layout.
-The scenes are fresh draws of dualspeed_lab/toy/task.make_scene (never a scene of the task's val/test splits), so
+The scenes are fresh draws of dualspeed_lab/toy/scenes.make_scene (never a scene of the task's val/test splits), so
 the LLM can learn to read, not memorise. No pixel and no vision tower is involved: the warm-up stays
 text-only in the sense that every input vector is made of word embeddings. What SFT must still learn is
 to map the CLIP patch features into this space (the projector) and to cope with the tower's noise.
 
-`lm_probe.py --oracle` feeds the same grid vectors to check an LLM without any SFT run.
+    history = scene_warmup(model, tokenizer, steps, types, lr=1e-3, seed=0, data_root=task_dir)   # in place
+    scene_accuracy(model, tokenizer, types, n=100, data_root=task_dir)     # {type: %, 'all': %}
+
+dualspeed_lab/toy/lm_warmup.build_llm runs it after the text warm-up (`scene_steps` > 0). `lm_probe.py --oracle`
+feeds the same grid vectors to check an LLM without any SFT run.
 """
 from __future__ import annotations
 
@@ -28,7 +32,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from dualspeed_lab.toy import task as toy_task
+from dualspeed_lab.toy.optim import lm_adamw, lm_step, lr_at  # the text warm-up's schedule, optimiser, step
+from dualspeed_lab.toy.questions import QUESTION_TYPES, SHORT_ANSWER_SUFFIX, questions_for
+from dualspeed_lab.toy.render import ground_truth
+from dualspeed_lab.toy.scenes import capitalized, make_scene, scene_key
 
 LAYOUTS = ("grid", "compact")
 
@@ -81,9 +88,9 @@ def conversation_ids(questions: Sequence[dict], tokenizer):
         conversation_lib.default_conversation = conversation_lib.conv_templates["vicuna_v1"]
         conv = []
         for r, q in enumerate(questions):
-            text = f"{q['question']}\n{toy_task.SHORT_ANSWER_SUFFIX}"
+            text = f"{q['question']}\n{SHORT_ANSWER_SUFFIX}"
             conv += [{"from": "human", "value": f"<image>\n{text}" if r == 0 else text},
-                     {"from": "gpt", "value": toy_task._cap(q["answer"])}]
+                     {"from": "gpt", "value": capitalized(q["answer"])}]
         enc = preprocess([conv], tokenizer, has_image=True)
         cache[key] = (enc["input_ids"][0], enc["labels"][0])
     return cache[key]
@@ -122,17 +129,17 @@ def held_out_keys(data_root: Optional[str]) -> set:
         path = os.path.join(data_root or "", split, "objects.json")
         if data_root and os.path.exists(path):
             with open(path) as f:
-                keys |= {toy_task.scene_key(gt) for gt in json.load(f).values()}
+                keys |= {scene_key(gt) for gt in json.load(f).values()}
     return keys
 
 
 def draw(rng: random.Random, types: Sequence[str], exclude: set):
     """A fresh scene with one question of each of `types` it allows (at least one): (objects, patch_map, qs)."""
     while True:
-        scene = toy_task.make_scene(rng)
-        if toy_task.scene_key(scene) in exclude:
+        scene = make_scene(rng)
+        if scene_key(scene) in exclude:
             continue
-        questions = toy_task.questions_for(scene, rng, len(types), types)
+        questions = questions_for(scene, rng, len(types), types)
         if questions:
             return scene, questions
 
@@ -148,11 +155,9 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
     visual token (background included): projected CLIP patches are never the exact word vectors."""
     from tqdm import tqdm
 
-    from dualspeed_lab.toy.models import _lr_at, lm_adamw, lm_step  # the text warm-up's schedule, optimiser, step
-
-    unknown = set(types) - set(toy_task.QUESTION_TYPES)
+    unknown = set(types) - set(QUESTION_TYPES)
     if not types or unknown:
-        raise ValueError(f"types must be a non-empty subset of {toy_task.QUESTION_TYPES}, got {list(types)}")
+        raise ValueError(f"types must be a non-empty subset of {QUESTION_TYPES}, got {list(types)}")
     rng, exclude = random.Random(f"scene-warmup/{seed}"), held_out_keys(data_root)
     gen = torch.Generator().manual_seed(seed)
     embed = model.get_input_embeddings()
@@ -168,7 +173,7 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
         pairs = []
         for _ in range(batch_size if layout == "grid" else compact_batch):
             scene, questions = draw(rng, types, exclude)
-            patch_map = toy_task.ground_truth(scene)["patch_map"] if layout == "grid" else None
+            patch_map = ground_truth(scene)["patch_map"] if layout == "grid" else None
             ids, labels = conversation_ids(questions, tokenizer)
             visual = scene_tokens(scene["objects"], patch_map, word, layout)
             if noise > 0:
@@ -176,7 +181,7 @@ def scene_warmup(model, tokenizer, steps: int, types: Sequence[str], lr: float =
                 visual = visual + noise * scale * torch.randn(visual.shape, generator=gen)
             pairs.append(splice(ids, labels, visual, embed))
         x, y, mask = pad_batch(pairs)
-        loss = lm_step(model, opt, params, _lr_at(step, steps, lr, warmup),
+        loss = lm_step(model, opt, params, lr_at(step, steps, lr, warmup),
                        inputs_embeds=x, attention_mask=mask, labels=y)
         history.append({"step": step, "layout": layout, "loss": loss})
         if progress:
@@ -199,7 +204,7 @@ def scene_accuracy(model, tokenizer, types: Sequence[str], n: int = 100, layout:
     model.eval()
     for _ in range(n):
         scene, questions = draw(rng, types, exclude)
-        patch_map = toy_task.ground_truth(scene)["patch_map"] if layout == "grid" else None
+        patch_map = ground_truth(scene)["patch_map"] if layout == "grid" else None
         ids, labels = conversation_ids(questions, tokenizer)
         x, y = splice(ids, labels, scene_tokens(scene["objects"], patch_map, word, layout), embed)
         pred = model(inputs_embeds=x[None]).logits[0, :-1].argmax(-1)
