@@ -35,6 +35,18 @@ TINY_FLAGS = ["--per_device_train_batch_size", "4", "--max_steps", "3", "--bf16"
               "--dataloader_num_workers", "0", "--model_max_length", "1024", "--save_steps", "1000"]
 
 
+def two_image_batch():
+    """Two samples with one image each (the second right-padded), answers after the image, random pixels."""
+    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+    ids = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 6, 7, 8], [1, IMAGE_TOKEN_INDEX, 9, 10, 11, 0]])
+    labels = ids.clone()
+    labels[:, :3] = IGNORE_INDEX
+    labels[ids == 0] = IGNORE_INDEX
+    torch.manual_seed(1)
+    return dict(input_ids=ids, attention_mask=ids != 0, labels=labels, images=torch.randn(2, 3, 336, 336))
+
+
 def run_script(script, assets, out_dir, launcher=None, deepspeed="", extra=(), **env_overrides):
     env = dict(os.environ)
     env.update(

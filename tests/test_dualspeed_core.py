@@ -9,8 +9,8 @@ import dualspeed_patch
 from dualspeed_patch import context, hooks, install, isolator, pruners, run
 from dualspeed_patch.config import DualSpeedConfig, default
 from dualspeed_patch.pruners import budget
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from tests.helpers import build_tiny_clip, make_tiny_llava
+from llava.constants import IMAGE_TOKEN_INDEX
+from tests.helpers import build_tiny_clip, make_tiny_llava, two_image_batch
 
 K = budget(576, 0.9)
 L = 4
@@ -100,15 +100,6 @@ def test_mode_spec_and_runner_take_their_defaults_from_the_config():
         context.ModeSpec("medium")
 
 
-def _batch():
-    ids = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 6, 7, 8], [1, IMAGE_TOKEN_INDEX, 9, 10, 11, 0]])
-    labels = ids.clone()
-    labels[:, :3] = IGNORE_INDEX
-    labels[ids == 0] = IGNORE_INDEX
-    torch.manual_seed(1)
-    return dict(input_ids=ids, attention_mask=ids != 0, labels=labels, images=torch.randn(2, 3, 336, 336))
-
-
 def test_a_user_selection_plugin_gets_the_signals_it_declares(vision_path, clean):
     received = {}
 
@@ -120,7 +111,7 @@ def test_a_user_selection_plugin_gets_the_signals_it_declares(vision_path, clean
     dualspeed_patch.apply("llava")
     model = make_tiny_llava(vision_path)
     isolator.attach(model, L)
-    inputs = _batch()
+    inputs = two_image_batch()
     args = (inputs["input_ids"], None, inputs["attention_mask"], None, inputs["labels"], inputs["images"])
     with torch.no_grad(), context.mode(context.ModeSpec(context.FAST, "mine_cls", 0.9, True)):
         mine = model.prepare_inputs_labels_for_multimodal(*args)
@@ -140,7 +131,7 @@ def test_a_user_merging_plugin_trains_a_fast_step_and_generates(vision_path, cle
     dualspeed_patch.apply("llava")
     model = make_tiny_llava(vision_path).train()
     isolator.attach(model, L)
-    inputs = _batch()
+    inputs = two_image_batch()
     seen = []
     hook = model.get_model().layers[0].register_forward_pre_hook(
         lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).shape[1]), with_kwargs=True)
@@ -175,7 +166,7 @@ def test_plugin_outputs_and_declarations_are_checked(vision_path, clean):
     dualspeed_patch.apply("llava")
     model = make_tiny_llava(vision_path)
     isolator.attach(model, L)
-    inputs = _batch()
+    inputs = two_image_batch()
     with pytest.raises(ValueError, match="mine_bad.*indices"), torch.no_grad(), \
             context.mode(context.ModeSpec(context.FAST, "mine_bad", 0.9, True)):
         model.prepare_inputs_labels_for_multimodal(inputs["input_ids"], None, inputs["attention_mask"], None,
@@ -187,7 +178,7 @@ def test_slow_step_is_ce_plus_distillation_and_returns_its_parts(vision_path, cl
     model = make_tiny_llava(vision_path).train()
     isolator.attach(model, L)
     cfg = DualSpeedConfig(dualspeed=True, distill_alpha=0.5, distill_temperature=2.0)
-    result = dualspeed_patch.slow_step(model, _batch(), context.ModeSpec.from_config(cfg, context.SLOW), cfg)
+    result = dualspeed_patch.slow_step(model, two_image_batch(), context.ModeSpec.from_config(cfg, context.SLOW), cfg)
     assert result.mode == "slow" and result.kl is not None and result.kl > 0
     torch.testing.assert_close(result.loss.detach(), result.ce + 0.5 * result.kl)
     assert result.state.teacher.inputs_embeds.shape[1] == 5 + L + K and not result.state.teacher.labels.requires_grad
@@ -229,7 +220,7 @@ def test_the_readme_plugin_example_registers_and_runs(vision_path, clean):
         dualspeed_patch.apply("llava")
         model = make_tiny_llava(vision_path)
         isolator.attach(model, L)
-        inputs = _batch()
+        inputs = two_image_batch()
         for name in ("topcls", "avgpool"):
             with torch.no_grad(), context.mode(context.ModeSpec(context.FAST, name, 0.9, True)):
                 out = model.prepare_inputs_labels_for_multimodal(inputs["input_ids"], None, inputs["attention_mask"],

@@ -1,5 +1,4 @@
 """DualSpeed training pieces: schedule, distillation loss, the patched compute_loss, isolator files, args."""
-import types
 
 import pytest
 import torch
@@ -9,8 +8,8 @@ import dualspeed_patch
 from dualspeed_patch import context, isolator, schedule
 from dualspeed_patch import DualSpeedArguments
 from dualspeed_patch.distill import answer_logits, kl_divergence
-from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from tests.helpers import build_tiny_clip, make_tiny_llava
+from llava.constants import IGNORE_INDEX
+from tests.helpers import build_tiny_clip, make_tiny_llava, two_image_batch
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +62,6 @@ def _trainer(model, tmp_path):
     return LLaVATrainer(model=model, args=args)
 
 
-def _inputs():
-    ids = torch.tensor([[1, 5, IMAGE_TOKEN_INDEX, 6, 7, 8], [1, IMAGE_TOKEN_INDEX, 9, 10, 11, 0]])
-    labels = ids.clone()
-    labels[:, :3] = IGNORE_INDEX
-    labels[ids == 0] = IGNORE_INDEX
-    torch.manual_seed(1)
-    return dict(input_ids=ids, attention_mask=ids != 0, labels=labels, images=torch.randn(2, 3, 336, 336))
-
-
 @pytest.fixture
 def patched():
     dualspeed_patch.apply("llava")
@@ -86,7 +76,7 @@ def test_slow_step_loss_is_ce_plus_alpha_tau2_kl(vision_path, tmp_path, patched)
     trainer = _trainer(model, tmp_path)
     dualspeed_patch.configure(DualSpeedArguments(dualspeed=True, slow_mode_ratio=1.0, distill_alpha=0.7,
                                                  distill_temperature=2.0))
-    inputs = _inputs()
+    inputs = two_image_batch()
     loss = trainer.compute_loss(model, inputs)
 
     student = model(**inputs)  # full sequence, outside any context
@@ -108,7 +98,7 @@ def test_fast_step_is_pruned_ce_and_is_logged(vision_path, tmp_path, patched):
     isolator.attach(model, 4)
     trainer = _trainer(model, tmp_path)
     dualspeed_patch.configure(DualSpeedArguments(dualspeed=True, slow_mode_ratio=0.0))
-    inputs = _inputs()
+    inputs = two_image_batch()
     loss = trainer.compute_loss(model, inputs)
     with context.mode(context.ModeSpec(context.FAST, "divprune", 0.9, True)):
         direct = model(**inputs).loss
@@ -124,7 +114,7 @@ def test_eval_mode_and_switched_off_are_untouched(vision_path, tmp_path, patched
     model = make_tiny_llava(vision_path)
     trainer = _trainer(model, tmp_path)
     dualspeed_patch.configure(DualSpeedArguments(dualspeed=True, slow_mode_ratio=0.0))
-    inputs = _inputs()
+    inputs = two_image_batch()
     model.eval()
     torch.testing.assert_close(trainer.compute_loss(model, inputs), model(**inputs).loss)
     dualspeed_patch.configure(None)

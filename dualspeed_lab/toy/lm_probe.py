@@ -56,7 +56,7 @@ def load_features(path: str, task_dir: str, tower: str, progress: bool = False) 
     fp16 halves the file (a measured size: docs/toy_findings.md); the LM sees them as float32."""
     want = {s: sorted({r["image"] for r in read_questions(task_dir, s)}) for s in SPLITS}
     if os.path.exists(path):
-        cache = torch.load(path)
+        cache = torch.load(path, weights_only=True)  # our own cache file, but never unpickle code
         if any(list(cache[s][0]) != want[s] for s in SPLITS):
             raise SystemExit(f"{path} holds features of other images: delete it or pass another --features")
         return cache
