@@ -438,7 +438,7 @@ def format_report(args, device, dtype_name, attn, shp, shapes, N, k, crops, ceil
     }
     ceilings = {"baseline step": 1.0, "fast step": ceil["fast_speedup"], "slow step": ceil["slow_speedup"]}
     labels = {"baseline step": "baseline step (fwd+bwd)", "fast step": "fast step (fwd+bwd, pruned)",
-              "slow step": "slow step (_slow_step + bwd)", "baseline forward": "baseline forward (no grad)",
+              "slow step": "slow step (slow_step + bwd)", "baseline forward": "baseline forward (no grad)",
               "teacher forward": "pruned teacher forward (no grad)",
               "pruner batched": f"pruner batched ({B} images)", "pruner loop": f"pruner per-image loop ({B} images)"}
     many = args.pruner_images
