@@ -36,7 +36,6 @@ def wrap(original, installation):
         return _pruned_merge(self, original, state, input_ids, position_ids, attention_mask, past_key_values,
                              labels, images, args, kwargs)
 
-    prepare_inputs_labels_for_multimodal.__dualspeed_original__ = original
     return prepare_inputs_labels_for_multimodal
 
 
