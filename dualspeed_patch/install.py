@@ -66,7 +66,6 @@ class Installation:
         self.config = config
         self.inference_spec = None      # context.ModeSpec for every merge outside a mode context (run.py)
         self.isolator_path: Optional[str] = None
-        self.training = False
         self._installed: List[_Installed] = []
 
     def training_config(self) -> Optional[DualSpeedConfig]:
@@ -89,7 +88,6 @@ class Installation:
                 for owner in self._owners(t)]
         for target, owner in plan:  # everything is resolved before anything changes
             self._patch(owner, target)
-        self.training = self.training or training
 
     def _owners(self, t: PatchTarget) -> list:
         name = f"{self.fork.__name__}.{t.module}"
@@ -137,7 +135,6 @@ class Installation:
         self.config = None
         self.inference_spec = None
         self.isolator_path = None
-        self.training = False
 
     @property
     def patched(self) -> List[str]:
