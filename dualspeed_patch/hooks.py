@@ -1,11 +1,13 @@
 """The wrappers the patch table installs besides the merge: the Trainer's loss (which runs `step.py`), its
-logging and optimizer groups, the isolator's creation with the vision modules, its saving (a TrainerCallback),
-and loading for pruned inference.
+logging and optimizer groups, the isolator's creation with the vision modules, its saving (a TrainerCallback,
+which also records the DualSpeed flags in every checkpoint), the check of those flags on resume, and loading
+for pruned inference.
 
 Every factory takes `(original, installation)`; a wrapper reads the configuration from its installation, and
 keeps per-run state on the trainer instance (`TrainerRuntime`)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -170,14 +172,20 @@ def _to_projector_lr(optimizer, param, projector_lr):
 
 
 class IsolatorSaver(TrainerCallback):
-    """Writes mode_isolator.bin into every checkpoint-N/ and, at the end, into the output folder. Runs on every
-    rank: under ZeRO-3 gathering the isolator is a collective; only the main process writes."""
+    """Writes mode_isolator.bin and dualspeed_config.json into every checkpoint-N/ and, at the end, into the
+    output folder. Runs on every rank: under ZeRO-3 gathering the isolator is a collective; only the main
+    process writes."""
 
     def __init__(self, installation):
         self.installation = installation
 
     def _save(self, args, model, folder):
-        if self.installation.training_config() is None or model is None or isolator_lib.get(model) is None:
+        cfg = self.installation.training_config()
+        if cfg is None:
+            return None
+        if args.should_save:
+            save_config(cfg, folder)  # also without an isolator: the resume check needs the flags
+        if model is None or isolator_lib.get(model) is None:
             return None
         return isolator_lib.save(model, folder, args.should_save)
 
@@ -197,6 +205,103 @@ def wrap_trainer_init(original, installation):
         self.add_callback(IsolatorSaver(installation))
 
     return __init__
+
+
+# --------------------------------------------------------------------------------- the flags of a resumed run
+
+CONFIG_FILENAME = "dualspeed_config.json"
+# Flags whose change cannot alter what is trained: mode_log only names the file the modes are traced to.
+IGNORED_ON_RESUME = ("mode_log",)
+
+
+def save_config(cfg, folder: str) -> str:
+    """Write the DualSpeedConfig fields as JSON into `folder` (through a temporary file, so an interrupted
+    save never leaves half a file that the resume check would then refuse to read)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, CONFIG_FILENAME)
+    with open(path + ".tmp", "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def resume_folder(resume_from_checkpoint, output_dir: str) -> Optional[str]:
+    """The folder `Trainer.train(resume_from_checkpoint=...)` resumes from, resolved as the Trainer does it:
+    `True` is the last checkpoint-N/ of output_dir (transformers' own get_last_checkpoint), a path is itself.
+    None when there is none: the Trainer then raises its own error, which this check must not pre-empt."""
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if isinstance(resume_from_checkpoint, bool):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        try:
+            return get_last_checkpoint(output_dir)
+        except OSError:  # no output folder: the Trainer reports it
+            return None
+    return os.fspath(resume_from_checkpoint)
+
+
+def changed_flags(saved: dict, cfg) -> List[str]:
+    """'name old -> new' for every flag of `cfg` that differs from the saved run (ignored ones left out)."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        if f.name in IGNORED_ON_RESUME:
+            continue
+        new = getattr(cfg, f.name)
+        if f.name not in saved:  # a flag added after the checkpoint was written
+            out.append(f"{f.name} (not recorded) -> {new!r}")
+        elif saved[f.name] != new:
+            out.append(f"{f.name} {saved[f.name]!r} -> {new!r}")
+    return out
+
+
+def check_resumed_flags(cfg, folder: str) -> Optional[List[str]]:
+    """Log one warning naming every DualSpeed flag that changed since `folder` was saved, or one info line when
+    the checkpoint does not record them. Returns the changes (None: could not compare)."""
+    path = os.path.join(folder, CONFIG_FILENAME)
+    if not os.path.isfile(path):
+        logger.info("Resuming from %s: it has no %s (written before DualSpeed recorded its flags, or by a run "
+                    "without DualSpeed), so the DualSpeed flags could not be compared.", folder, CONFIG_FILENAME)
+        return None
+    saved = _read_saved(path)
+    if isinstance(saved, str):  # why it could not be read: a damaged file must not stop the resume
+        logger.warning("Resuming from %s: %s could not be read (%s), so the DualSpeed flags could not be "
+                       "compared.", folder, CONFIG_FILENAME, saved)
+        return None
+    changes = changed_flags(saved, cfg)
+    if changes:
+        logger.warning("Resuming from %s with changed DualSpeed flags: %s (the run continues with the new values).",
+                       folder, ", ".join(changes))
+    return changes
+
+
+def _read_saved(path: str):
+    """The saved flags as a dict, or a string saying why they could not be read."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        return str(e)
+    return saved if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
+
+
+def wrap_train(original, installation):
+    """Before the Trainer resumes, compare the DualSpeed flags of this run with the ones the checkpoint was
+    trained with. Wrapping train() (not _load_from_checkpoint, which DeepSpeed resumes never call) sees the
+    resume argument on every path; a callback would not see it at all."""
+    @functools.wraps(original)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        cfg = installation.config
+        folder = resume_folder(resume_from_checkpoint, self.args.output_dir)
+        # A folder that is not there is left to the Trainer's own error. With DualSpeed off, only a checkpoint
+        # that recorded DualSpeed flags is worth a line (switching it off is a change); a plain run resumed
+        # plainly says nothing.
+        if (folder is not None and os.path.isdir(folder) and cfg is not None and self.is_world_process_zero()
+                and (cfg.dualspeed or os.path.isfile(os.path.join(folder, CONFIG_FILENAME)))):
+            check_resumed_flags(cfg, folder)
+        return original(self, resume_from_checkpoint, *args, **kwargs)
+
+    return train
 
 
 # ------------------------------------------------------------------------------------------------- the model

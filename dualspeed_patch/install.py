@@ -47,6 +47,7 @@ PATCH_TABLE = (
     PatchTarget("train.llava_trainer", "LLaVATrainer", "create_optimizer", hooks.wrap_create_optimizer,
                 training=True),
     PatchTarget("train.llava_trainer", "LLaVATrainer", "__init__", hooks.wrap_trainer_init, training=True),
+    PatchTarget("train.llava_trainer", "LLaVATrainer", "train", hooks.wrap_train, training=True),
 )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+import re
 
 import torch
 import torch.nn as nn
@@ -70,9 +72,10 @@ def load(model, path: str, strict_shape: bool = True) -> bool:
     """Load `path` (a mode_isolator.bin) into the model's isolator, creating it if needed. False if absent."""
     if not os.path.isfile(path):
         return False
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "weight" not in state:
-        raise ValueError(f"{path} is not a mode isolator file (keys: {sorted(state)})")
+    state = read_file(path)
+    if not isinstance(state, dict) or not isinstance(state.get("weight"), torch.Tensor):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a mode isolator file (a {{'weight': tensor}} dict; found {found})")
     weight = state["weight"]
     iso = attach(model, weight.shape[0])
     if _is_partitioned(iso):
@@ -87,6 +90,24 @@ def load(model, path: str, strict_shape: bool = True) -> bool:
             iso.weight.copy_(weight.to(device=iso.weight.device, dtype=iso.weight.dtype))
     logger.info("Loaded mode isolator %s from %s", tuple(weight.shape), path)
     return True
+
+
+def read_file(path: str):
+    """torch.load restricted to tensors and plain containers: a checkpoint folder may come from elsewhere, and
+    unpickling arbitrary objects would run whatever code the file names. The refusal names the file (torch's
+    own message does not, and suggests weights_only=False, which is exactly what must not be done here)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(f"Refusing to load {path}: it holds a Python object other than tensors "
+                                     f"({unpickling_culprit(e)}), and unpickling it could run code. A "
+                                     f"{FILENAME} holds only {{'weight': tensor}}.") from e
+
+
+def unpickling_culprit(error: Exception) -> str:
+    """The global torch's weights-only unpickler refused, e.g. 'builtins.exec', from its long message."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return f"it references {found.group(1)}" if found else str(error).splitlines()[0]
 
 
 def state_dict(model) -> dict:

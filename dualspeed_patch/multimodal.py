@@ -8,6 +8,7 @@ image spans after the fork's own anyres merge / unpad / truncation, with one vis
 from __future__ import annotations
 
 import functools
+import inspect
 from collections import defaultdict
 
 import torch
@@ -22,7 +23,12 @@ IGNORE_INDEX = -100
 
 def wrap(original, installation):
     """The wrapper for one installation: outside a mode context it follows the installation's inference spec
-    (None unless the pruned-inference runner set one)."""
+    (None unless the pruned-inference runner set one).
+
+    Extra arguments go to the fork's merge exactly as the caller gave them: the wrapper adds none, so a fork
+    whose merge has no `image_counts` keyword works as before, and ours gets the collator's counts."""
+    extra_names = _names_after_images(original)
+
     @functools.wraps(original)
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                              images, *args, **kwargs):
@@ -34,13 +40,33 @@ def wrap(original, installation):
             return original(self, input_ids, position_ids, attention_mask, past_key_values, labels, images,
                             *args, **kwargs)
         return _pruned_merge(self, original, state, input_ids, position_ids, attention_mask, past_key_values,
-                             labels, images, args, kwargs)
+                             labels, images, args, kwargs, _image_counts(extra_names, args, kwargs))
 
     return prepare_inputs_labels_for_multimodal
 
 
+def _names_after_images(original):
+    """Names of the merge's parameters after `images`, to find one the caller passed positionally."""
+    try:
+        params = list(inspect.signature(original).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C-accelerated callable: keywords only
+        return []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params[7:] if p.kind in positional]
+
+
+def _image_counts(extra_names, args, kwargs):
+    """The caller's per-sample image counts (the fork's merge validates them), read without changing the call;
+    None when not given or when the fork's merge has no such parameter."""
+    if "image_counts" in kwargs:
+        return kwargs["image_counts"]
+    if "image_counts" in extra_names and extra_names.index("image_counts") < len(args):
+        return args[extra_names.index("image_counts")]
+    return None
+
+
 def _pruned_merge(model, original, state, input_ids, position_ids, attention_mask, past_key_values, labels,
-                  images, args, kwargs):
+                  images, args, kwargs, image_counts=None):
     spec = state.spec
     reducer = get_reducer(spec.method)
     batch, length = input_ids.shape
@@ -62,7 +88,7 @@ def _pruned_merge(model, original, state, input_ids, position_ids, attention_mas
     spans = _image_spans(host[0] & host[1])
     bounds = _valid_bounds(host[1])
     span_batch = signals_lib.SpanBatch(model, spec, embeds, spans, true_labels, mask_full, input_ids, mask_in,
-                                       captured)
+                                       captured, image_counts=image_counts, n_images=len(images))
     # The teacher of a slow step reads detached tokens: no graph is built for them.
     with torch.set_grad_enabled(torch.is_grad_enabled() and spec.mode != context.SLOW):
         reduced = _reduce(reducer, spec, span_batch)

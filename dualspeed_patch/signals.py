@@ -40,6 +40,8 @@ class SpanBatch:
     input_mask: torch.Tensor        # the caller's attention mask
     captured: Dict[str, Any] = field(default_factory=dict)  # what each capture() yielded, by signal name
     cache: Dict[str, Any] = field(default_factory=dict)     # per-merge work a provider shares across groups
+    image_counts: Any = None        # the caller's per-sample image counts ([B], dummies as 1), when it gave them
+    n_images: Optional[int] = None  # how many images the caller passed (entries of `images`, not crops)
 
 
 @dataclass(frozen=True)
@@ -139,18 +141,21 @@ class _ClsCapture:
     def __init__(self):
         self.per_call = []
 
-    def per_span(self, spans, input_ids, mask_in):
-        """Map the captured per-image scores to image spans, replaying the fork's image cursor."""
+    def per_span(self, spans, input_ids, mask_in, image_counts=None, n_images=None):
+        """Map the captured per-image scores to image spans, replaying the fork's image cursor.
+
+        The cursor walks tower rows; it only walks images when each image was one row. `image_counts` (the
+        caller's images per sample) replaces guessing from the totals whether text-only samples brought a dummy;
+        `n_images` (entries of `images`) detects multi-crop batches."""
         if not self.per_call:
             raise RuntimeError("cls_attention: no [CLS] attention was captured from the vision tower")
         scores = torch.cat(self.per_call)
         counts = [int(((ids == IMAGE_TOKEN_INDEX) & m.bool()).sum()) for ids, m in zip(input_ids, mask_in)]
-        text_only = sum(1 for c in counts if c == 0)
-        dummies = scores.shape[0] == sum(counts) + text_only
+        per_sample = self._images_per_sample(scores.shape[0], counts, image_counts, n_images)
         out, cursor = {}, 0
         for b, row in enumerate(spans):
             if counts[b] == 0:
-                cursor += int(dummies)
+                cursor += per_sample[b]
                 continue
             if len(row) != counts[b]:
                 raise NotImplementedError("cls_attention needs one span per image (adjacent images merged into "
@@ -164,6 +169,30 @@ class _ClsCapture:
                 out[(b, j)] = scores[cursor]
                 cursor += 1
         return out
+
+    @staticmethod
+    def _images_per_sample(rows, counts, image_counts, n_images):
+        """How many tower rows each sample owns, refusing batches where a row is not one whole image."""
+        if n_images is not None and rows != n_images:
+            # anyres: each image is 1 + n crops, so the cursor would pair a span with a crop, or with another
+            # image's [CLS] attention. Refused before any scoring.
+            raise NotImplementedError(
+                f"cls_attention (fastervlm) needs one vision-tower row per image; the tower saw {rows} rows for "
+                f"{n_images} images (anyres / multi-crop images), so a span cannot be paired with its own image's "
+                "[CLS] attention. Use divprune or cdpruner, or a single-crop image_aspect_ratio (pad).")
+        if image_counts is not None:
+            return [int(c) for c in (image_counts.tolist() if isinstance(image_counts, torch.Tensor)
+                                     else image_counts)]
+        text_only = sum(1 for c in counts if c == 0)
+        if rows == sum(counts) + text_only:
+            return [c if c else 1 for c in counts]
+        if rows == sum(counts):
+            return counts
+        # Without n_images this is the only trace of multi-crop images (or a batch the merge should have refused).
+        raise NotImplementedError(
+            f"cls_attention (fastervlm): the vision tower saw {rows} rows for {sum(counts)} <image> tokens and "
+            f"{text_only} text-only samples; multi-crop (anyres) images are not supported. Use divprune or "
+            "cdpruner.")
 
 
 def _selected_layer(tower):
@@ -198,8 +227,8 @@ def span_cls_attention(model):
 
 def _cls_attention(batch: SpanBatch, members):
     if "cls_by_span" not in batch.cache:
-        batch.cache["cls_by_span"] = batch.captured["cls_attention"].per_span(batch.spans, batch.input_ids,
-                                                                             batch.input_mask)
+        batch.cache["cls_by_span"] = batch.captured["cls_attention"].per_span(
+            batch.spans, batch.input_ids, batch.input_mask, batch.image_counts, batch.n_images)
     by_span = batch.cache["cls_by_span"]
     return torch.stack([by_span[m] for m in members])
 

@@ -52,7 +52,7 @@ def slow_step(model, inputs: dict, spec: context.ModeSpec, cfg: DualSpeedConfig)
         outputs = model(**inputs)
     ce = outputs["loss"]
     loss, kl = ce, None
-    if cfg.use_distillation and cfg.distill_alpha > 0:
+    if cfg.use_distillation:  # validation refuses alpha <= 0 while distillation is on
         teacher_in = state.teacher
         with torch.no_grad(), context.mode(context.ModeSpec(context.FULL)):
             teacher = model(inputs_embeds=teacher_in.inputs_embeds, attention_mask=teacher_in.attention_mask,

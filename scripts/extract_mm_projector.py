@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import pickle
 from typing import Dict, List
 
 import torch
@@ -29,6 +30,17 @@ def _files_from_index(model_path: str, index_name: str) -> List[str]:
     with open(os.path.join(model_path, index_name)) as f:
         weight_map = json.load(f)["weight_map"]
     return sorted({os.path.join(model_path, fname) for key, fname in weight_map.items() if _matches(key)})
+
+
+def _load_bin(path: str) -> Dict[str, torch.Tensor]:
+    """A pytorch_model*.bin, tensors only: a downloaded checkpoint must not run code when it is read. The
+    refusal names the file (torch's own message does not, and suggests weights_only=False)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(f"Refusing to load {path}: it holds Python objects other than tensors, and "
+                                     "unpickling them could run code. Convert the checkpoint to safetensors "
+                                     "with a copy of it you trust.") from e
 
 
 def extract_projector(model_path: str) -> Dict[str, torch.Tensor]:
@@ -52,7 +64,7 @@ def extract_projector(model_path: str) -> Dict[str, torch.Tensor]:
     else:
         files = sorted(glob.glob(os.path.join(model_path, "pytorch_model*.bin")))
     for path in files:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_bin(path)
         weights.update({k: v for k, v in state.items() if _matches(k)})
     return weights
 

@@ -102,9 +102,9 @@ def test_corrupt_image(tmp_path, tokenizer, processor, v1_template):
 def test_image_sample_without_image_token(tmp_path, tokenizer, processor, an_image, v1_template):
     from llava.train.dataset import DataError
 
-    ds = make_dataset(tmp_path, [qa("What is this?", "A.", an_image, "no-token")], tokenizer, processor)
+    # Refused when the dataset is built, before any training step.
     with pytest.raises(DataError, match=r"no-token.*no <image>"):
-        ds[0]
+        make_dataset(tmp_path, [qa("What is this?", "A.", an_image, "no-token")], tokenizer, processor)
 
 
 def test_sample_longer_than_model_max_length(tmp_path, tokenizer, processor, an_image, v1_template):
@@ -131,7 +131,7 @@ def test_bad_json_is_named(tmp_path, tokenizer, processor):
 
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"id": "x", "conversations": []}]))
-    with pytest.raises(DataError, match=r"bad\.json.*id=x"):
+    with pytest.raises(DataError, match=r"bad\.json: sample x \(index 0\): 'conversations' is an empty list"):
         LazySupervisedDataset(str(path), tokenizer, data_args(tmp_path, processor))
     with pytest.raises(FileNotFoundError):
         LazySupervisedDataset(str(tmp_path / "absent.json"), tokenizer, data_args(tmp_path, processor))

@@ -30,6 +30,7 @@ import argparse
 import collections
 import json
 import os
+import pickle
 import random
 import time
 from typing import Dict, List, Optional, Sequence
@@ -50,13 +51,24 @@ def read_questions(task_dir: str, split: str, types: Optional[Sequence[str]] = N
     return [r for r in rows if not types or r["type"] in types]
 
 
+def _read_cache(path: str):
+    """Our own cache file, but never unpickle code: a swapped file is refused by name (torch's message names
+    no file and suggests weights_only=False)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(f"Refusing to load the feature cache {path}: it holds Python objects other "
+                                     "than tensors, lists and strings, and unpickling them could run code. "
+                                     "Delete it (it is re-encoded) or pass another --features.") from e
+
+
 def load_features(path: str, task_dir: str, tower: str, progress: bool = False) -> Dict[str, tuple]:
     """{split: (image paths, fp16 (N, 576, D) features)}; encoded with the frozen tower if `path` is missing.
 
     fp16 halves the file (a measured size: docs/toy_findings.md); the LM sees them as float32."""
     want = {s: sorted({r["image"] for r in read_questions(task_dir, s)}) for s in SPLITS}
     if os.path.exists(path):
-        cache = torch.load(path, weights_only=True)  # our own cache file, but never unpickle code
+        cache = _read_cache(path)
         if any(list(cache[s][0]) != want[s] for s in SPLITS):
             raise SystemExit(f"{path} holds features of other images: delete it or pass another --features")
         return cache

@@ -45,14 +45,14 @@ def load_questions(path: str):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def open_image(path: str):
-    """A PIL image in RGB (palette, grey and RGBA files would otherwise break square padding)."""
-    from PIL import Image
+def open_image(path: str, image_processor, model_config):
+    """The image at `path` in RGB, decoded as in training (llava.image_io: every PIL mode by its rule, alpha
+    over the processor's mean colour, oversized canvases and undecodable files refused with an ImageError)."""
+    from llava.image_io import open_for_processing
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    return open_for_processing(path, image_processor, getattr(model_config, "image_aspect_ratio", None))
 
 
 def image_prompt(text: str, model_config) -> str:
@@ -151,7 +151,7 @@ def eval_model(args):
     with open_answers_file(args.answers_file) as ans_file:
         for line in tqdm(questions, desc="model_vqa"):
             cur_prompt = line["text"]
-            image = open_image(os.path.join(args.image_folder, line["image"]))
+            image = open_image(os.path.join(args.image_folder, line["image"]), image_processor, model.config)
             images, sizes = images_to_device([image], image_processor, model)
             prompt = build_conv_prompt(image_prompt(cur_prompt, model.config), conv_mode)
             outputs = generate_text(model, tokenizer, prompt, images, sizes, args)

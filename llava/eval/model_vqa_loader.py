@@ -42,7 +42,7 @@ class CustomDataset(Dataset):
         self.conv_mode = conv_mode
 
     def __getitem__(self, index):
-        from PIL import Image
+        from llava.image_io import open_for_processing
 
         line = self.questions[index]
         qs = line["text"]
@@ -58,8 +58,7 @@ class CustomDataset(Dataset):
         path = os.path.join(self.image_folder, line["image"])
         if not os.path.isfile(path):
             raise FileNotFoundError(f"question {line.get('question_id')}: image not found: {path}")
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        image = open_for_processing(path, self.image_processor, getattr(self.model_config, "image_aspect_ratio", None))
         image_tensor = process_images([image], self.image_processor, self.model_config)[0]
         input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         return input_ids, image_tensor, image.size

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from llava.eval.model_vqa import (add_common_args, answer_row, build_conv_prompt, chunk_of, generate_text,
                                   image_prompt, images_to_device, load_eval_model, open_answers_file)
-from llava.mm_utils import load_image_from_base64
+from llava.image_io import open_base64
 
 ALL_OPTIONS = ["A", "B", "C", "D"]
 SUFFIX = {"en": "Answer with the option's letter from the given choices directly.",
@@ -92,7 +92,8 @@ def eval_model(args):
         for row in tqdm(questions, desc="model_vqa_mmbench"):
             options = get_options(row)
             option_chars = ALL_OPTIONS[:len(options)]
-            image = load_image_from_base64(row["image"]).convert("RGB")
+            image = open_base64(row["image"], image_processor, getattr(model.config, "image_aspect_ratio", None),
+                                name=f"{args.question_file} (index {row['index']})")
             images, sizes = images_to_device([image], image_processor, model)
             num_rounds = len(options) if args.all_rounds else 1
             for round_idx in range(max(num_rounds, 1)):

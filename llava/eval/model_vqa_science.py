@@ -43,7 +43,7 @@ def eval_model(args):
         for line in tqdm(questions, desc="model_vqa_science"):
             qs = cur_prompt = question_text(line)
             if line.get("image"):
-                image = open_image(os.path.join(args.image_folder, line["image"]))
+                image = open_image(os.path.join(args.image_folder, line["image"]), image_processor, model.config)
                 images, sizes = images_to_device([image], image_processor, model)
                 qs = image_prompt(qs, model.config)
                 cur_prompt = DEFAULT_IMAGE_TOKEN + "\n" + cur_prompt

@@ -18,17 +18,18 @@ def image_parser(args):
     return args.image_file.split(args.sep)
 
 
-def load_image(image_file):
-    from PIL import Image
+def load_image(image_file, image_processor, model_config):
+    """The image at `image_file` in RGB, decoded as in training (llava.image_io: every PIL mode, alpha over
+    the processor's mean colour, oversized canvases and undecodable files refused with an ImageError)."""
+    from llava.image_io import open_for_processing
 
     if image_file.startswith(("http://", "https://")):
         raise ValueError(f"{image_file}: this offline build does not fetch URLs; download the image first.")
-    with Image.open(image_file) as im:
-        return im.convert("RGB")
+    return open_for_processing(image_file, image_processor, getattr(model_config, "image_aspect_ratio", None))
 
 
-def load_images(image_files):
-    return [load_image(f) for f in image_files]
+def load_images(image_files, image_processor, model_config):
+    return [load_image(f, image_processor, model_config) for f in image_files]
 
 
 def infer_conv_mode(model_name: str) -> str:
@@ -67,7 +68,7 @@ def eval_model(args):
 
     conv_mode = args.conv_mode or infer_conv_mode(model_name)
     prompt = build_prompt(args.query, model.config, conv_mode)
-    images = load_images(image_parser(args))
+    images = load_images(image_parser(args), image_processor, model.config)
     image_sizes = [x.size for x in images]
     images_tensor = process_images(images, image_processor, model.config)
     images_tensor = (images_tensor.to(model.device, dtype=model.dtype) if torch.is_tensor(images_tensor)

@@ -167,15 +167,18 @@ class LlavaMetaForCausalLM(ABC):
         return torch.cat((base, crops), dim=0)
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
-                                             labels, images, image_sizes=None):
+                                             labels, images, image_sizes=None, image_counts=None):
+        """Splice image features into the text embeddings at every <image> token.
+
+        `image_counts` (optional, [B]): how many entries of `images` belong to each sample, a text-only sample's
+        dummy counted as 1 (the collator emits it). With it every sample is checked on its own; without it only
+        the batch totals can be checked (kept last in the signature so upstream-style callers still work)."""
         vision_tower = self.get_vision_tower()
         if vision_tower is None or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
         if self.config.tune_mm_mlp_adapter and self.config.mm_use_im_start_end:
             raise NotImplementedError("tune_mm_mlp_adapter together with mm_use_im_start_end is not supported.")
-
-        image_features = self._image_features_per_image(images, image_sizes)
 
         _labels, _position_ids, _attention_mask = labels, position_ids, attention_mask
         if attention_mask is None:
@@ -188,26 +191,22 @@ class LlavaMetaForCausalLM(ABC):
         ids_per_sample = [ids[mask] for ids, mask in zip(input_ids, attention_mask)]
         labels_per_sample = [lab[mask] for lab, mask in zip(labels, attention_mask)]
 
-        # Upstream's collator gives every text-only sample a dummy image; callers that pass images only
-        # for the <image> tokens are accepted too. Anything else is a misaligned batch.
         n_image_tokens = [int((ids == IMAGE_TOKEN_INDEX).sum()) for ids in ids_per_sample]
-        n_text_only = sum(1 for n in n_image_tokens if n == 0)
-        if len(image_features) == sum(n_image_tokens) + n_text_only:
-            dummy_per_text_only = True
-        elif len(image_features) == sum(n_image_tokens):
-            dummy_per_text_only = False
+        if image_counts is not None:
+            images_per_sample = check_image_counts(n_image_tokens, image_counts, len(images))
         else:
-            raise ValueError(
-                f"Got {len(image_features)} images for a batch with {sum(n_image_tokens)} <image> tokens and "
-                f"{n_text_only} text-only samples (expected {sum(n_image_tokens)} or {sum(n_image_tokens) + n_text_only}).")
+            images_per_sample = infer_images_per_sample(n_image_tokens, len(images))
+        # Checked before the vision pass: a misaligned batch fails without spending the tower on it.
+        image_features = self._image_features_per_image(images, image_sizes)
 
         embed_tokens = self.get_model().embed_tokens
         new_embeds, new_labels = [], []
         cursor = 0
-        for ids, labs in zip(ids_per_sample, labels_per_sample):
-            if (ids == IMAGE_TOKEN_INDEX).sum() == 0:
+        for ids, labs, n_tokens, n_images in zip(ids_per_sample, labels_per_sample, n_image_tokens,
+                                                  images_per_sample):
+            if n_tokens == 0:
                 embeds = embed_tokens(ids)
-                if dummy_per_text_only:
+                if n_images:
                     # A zero-length slice keeps the projector in the graph (DDP/ZeRO need every param used).
                     embeds = torch.cat([embeds, image_features[cursor][0:0].to(embeds.dtype)], dim=0)
                     cursor += 1
@@ -284,6 +283,59 @@ class LlavaMetaForCausalLM(ABC):
             for p in self.get_output_embeddings().parameters():
                 p.requires_grad = False
 
+
+def _as_int_list(counts):
+    # One host copy of the [B] counts; the merge already reads its ids on the host sample by sample.
+    return [int(c) for c in (counts.tolist() if isinstance(counts, torch.Tensor) else counts)]
+
+
+def check_image_counts(n_image_tokens, image_counts, n_images):
+    """Per-sample check of the caller's `image_counts` against the <image> tokens; returns the counts as ints.
+
+    An image sample needs exactly one image per <image> token; a text-only sample has none or one dummy. Batch
+    totals cannot catch a sample short of images when another sample's spare image makes up the total."""
+    counts = _as_int_list(image_counts)
+    if len(counts) != len(n_image_tokens):
+        raise ValueError(f"image_counts has {len(counts)} entries for a batch of {len(n_image_tokens)} samples.")
+    for row, (tokens, count) in enumerate(zip(n_image_tokens, counts)):
+        if tokens > 0 and count != tokens:
+            raise ValueError(
+                f"Batch row {row} has {tokens} <image> token(s) but {count} image(s) (image_counts[{row}]); every "
+                "<image> token needs its own image. Check that sample's data: its text and its image list disagree.")
+        if tokens == 0 and count not in (0, 1):
+            raise ValueError(
+                f"Batch row {row} is text-only (0 <image> tokens) but has {count} images (image_counts[{row}]); "
+                "a text-only sample carries no image or one dummy image.")
+    if sum(counts) != n_images:
+        raise ValueError(f"image_counts sums to {sum(counts)} images but {n_images} images were passed.")
+    return counts
+
+
+def infer_images_per_sample(n_image_tokens, n_images):
+    """Without image_counts: how many images each sample owns, from the batch totals alone.
+
+    Upstream's collator gives every text-only sample a dummy image; callers that pass images only for the
+    <image> tokens (eval, generate) are accepted too. Anything else is a misaligned batch."""
+    total = sum(n_image_tokens)
+    text_rows = [row for row, n in enumerate(n_image_tokens) if n == 0]
+    if n_images == total + len(text_rows):
+        return [n if n else 1 for n in n_image_tokens]
+    if n_images != total:
+        raise ValueError(
+            f"Got {n_images} images for a batch with {total} <image> tokens and {len(text_rows)} text-only samples "
+            f"(expected {total} or {total + len(text_rows)}).")
+    multi = [row for row, n in enumerate(n_image_tokens) if n > 1]
+    if text_rows and multi and n_images == len(n_image_tokens):
+        # One image per sample (dummies included) and one image per <image> token give the same totals here:
+        # read the second way, a sample short of images would silently get the next sample's (dummy) image.
+        row = multi[0]
+        raise ValueError(
+            f"Ambiguous image batch: {n_images} images for {len(n_image_tokens)} samples with {total} <image> "
+            f"tokens; row {row} has {n_image_tokens[row]} <image> tokens and rows {text_rows} are text-only. "
+            f"If each sample brought one image (text-only ones a dummy), row {row} is short of images and would be "
+            "filled with another sample's image. Pass image_counts (images per sample, as "
+            "DataCollatorForSupervisedDataset emits it) so each sample can be checked.")
+    return list(n_image_tokens)
 
 def pad_multimodal_batch(embeds, labels, padding_side, device):
     """Pad per-sample embeddings/labels into a batch; returns (embeds, labels, bool mask, position ids).

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 
 import torch
 
@@ -14,7 +16,15 @@ def load_weights_file(path: str) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message names no file and suggests weights_only=False, which must not be done here.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        culprit = f"it references {found.group(1)}" if found else str(e).splitlines()[0]
+        raise pickle.UnpicklingError(
+            f"Refusing to load {path}: it holds a Python object other than tensors ({culprit}), and unpickling "
+            "it could run code. Weight files hold only tensors; convert a file you trust to safetensors.") from e
 
 
 def _is_partitioned(module: torch.nn.Module) -> bool:

@@ -25,7 +25,7 @@ def main(args, read=input):
     conv = conv_templates[conv_mode].copy()
     roles = conv.roles
 
-    image = load_image(args.image_file)
+    image = load_image(args.image_file, image_processor, model.config)
     image_tensor = process_images([image], image_processor, model.config)
     image_tensor = (image_tensor.to(model.device, dtype=model.dtype) if torch.is_tensor(image_tensor)
                     else [x.to(model.device, dtype=model.dtype) for x in image_tensor])

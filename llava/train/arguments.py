@@ -3,10 +3,15 @@
 Flags that transformers 5 removed keep working here (see docs/transformers5.md):
 `--evaluation_strategy` maps to `--eval_strategy`, `--warmup_ratio R` to `--warmup_steps R` (a float below 1
 is a ratio in v5), and `--tf32 True` on a machine without an Ampere+ GPU is dropped with a warning instead
-of a ValueError, so the upstream scripts run unchanged on CPU."""
+of a ValueError, so the upstream scripts run unchanged on CPU.
+
+Every float flag, ours and transformers', refuses NaN and infinities naming the flag (`check_finite_floats`;
+only `--max_grad_norm inf` stays allowed, see TrainingArguments.__post_init__)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -14,7 +19,23 @@ from typing import Optional
 import torch
 import transformers
 
+from llava.train.images import DEFAULT_MAX_IMAGE_PIXELS
+
 logger = logging.getLogger(__name__)
+
+
+def check_finite_floats(args, allow_pos_inf=()) -> None:
+    """Refuse NaN and infinities in every field of `args` that holds a float, naming the flag. The fields are
+    found by value, not listed, so a float flag added later (here or by transformers) is covered too. NaN is
+    never a setting: it fails every comparison, so a range check written the wrong way round lets it through.
+    `allow_pos_inf` names the fields where +inf has a meaning that must keep working."""
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if not isinstance(value, float) or math.isfinite(value):
+            continue
+        if value == math.inf and f.name in allow_pos_inf:
+            continue
+        raise ValueError(f"--{f.name} must be a finite number, got {value}")
 
 
 @dataclass
@@ -36,6 +57,9 @@ class ModelArguments:
         metadata={"help": "eager | sdpa | flash_attention_2 | ... Default: flash_attention_2 when flash-attn "
                           "imports on a GPU, else sdpa."})
 
+    def __post_init__(self):
+        check_finite_floats(self)
+
 
 @dataclass
 class DataArguments:
@@ -50,6 +74,15 @@ class DataArguments:
         default="error",
         metadata={"help": "error: stop with the sample named (default). skip: log it, count it and train on "
                           "the next sample instead (upstream silently zeroed the sample's loss)."})
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metadata={"help": "The largest processing canvas (pixels) an image may need (a `pad` image's square "
+                          "canvas is max(w,h)^2); larger images are refused naming the file. Must be > 0."})
+
+    def __post_init__(self):
+        check_finite_floats(self)
+        if not self.max_image_pixels > 0:
+            raise ValueError(f"--max_image_pixels must be > 0, got {self.max_image_pixels}")
 
 
 @dataclass
@@ -78,6 +111,12 @@ class TrainingArguments(transformers.TrainingArguments):
     warmup_ratio: Optional[float] = field(default=None, metadata={"help": "Alias of --warmup_steps <ratio>."})
 
     def __post_init__(self):
+        # Before anything reads the values: --warmup_ratio nan would otherwise get a range message, and the
+        # others reach the optimizer. +inf max_grad_norm keeps its meaning in the Trainer and torch's
+        # clip_grad_norm_: measure (and log) the gradient norm, clip nothing.
+        check_finite_floats(self, allow_pos_inf=("max_grad_norm",))
+        if not self.ddp_timeout > 0:
+            raise ValueError(f"--ddp_timeout must be a whole number of seconds > 0, got {self.ddp_timeout}")
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
             self.evaluation_strategy = None

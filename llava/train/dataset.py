@@ -1,12 +1,15 @@
 """LazySupervisedDataset and its collator: LLaVA's JSON format, read lazily, checked loudly.
 
-Bad input stops with the sample named (its `id`, its index and the file): a missing or corrupt image, an
-image sample whose text has no `<image>`, a sample whose supervised tokens would all be cut by
-`model_max_length`. Samples that are only partly cut are truncated as upstream does, and counted."""
+Every record is checked for structure when the dataset is built (see :mod:`llava.train.records`), so a
+malformed file stops the run before training with the bad samples listed. Anything that goes wrong
+later, while a sample is read, rendered or tokenized, is raised as a :class:`DataError` whose message
+starts ``<file>: sample <id> (index <i>)`` and carries the original exception (type, message, and as
+``__cause__``): a missing or corrupt image, ``<image>`` placeholders that do not match the sample's
+images, a sample whose supervised tokens would all be cut by ``model_max_length``, and so on. Samples
+that are only partly cut are truncated as upstream does, and counted."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 
@@ -14,36 +17,16 @@ import torch
 from torch.utils.data import Dataset
 
 from llava import conversation as conversation_lib
-from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .collator import DataCollatorForSupervisedDataset
+from .images import ImageError, load_sample_image, visual_tokens_for
 from .preprocess import TokenizationMismatchError, preprocess, preprocess_multimodal
+from .records import DataError, describe, load_records, check_placeholders, placeholder_problem, sample_id
 
 logger = logging.getLogger(__name__)
 
-
-class DataError(ValueError):
-    """A training sample that cannot be used as it is; the message names it."""
-
-
-def _load_records(data_path):
-    if not data_path or not os.path.isfile(data_path):
-        raise FileNotFoundError(f"--data_path {data_path!r} does not exist")
-    with open(data_path) as f:
-        if data_path.endswith(".jsonl"):
-            records = [json.loads(line) for line in f if line.strip()]
-        else:
-            records = json.load(f)
-    if not isinstance(records, list):
-        raise DataError(f"{data_path}: expected a JSON list of samples, got {type(records).__name__}")
-    for i, r in enumerate(records):
-        if not isinstance(r, dict) or not isinstance(r.get("conversations"), list) or not r["conversations"]:
-            raise DataError(f"{data_path}: sample #{i} (id={_sample_id(r, i)}) has no 'conversations' list")
-    return records
-
-
-def _sample_id(record, index):
-    return record.get("id", f"#{index}") if isinstance(record, dict) else f"#{index}"
+_sample_id = sample_id  # old private name, kept for callers of this module
 
 
 class LazySupervisedDataset(Dataset):
@@ -52,9 +35,11 @@ class LazySupervisedDataset(Dataset):
     def __init__(self, data_path: str, tokenizer, data_args):
         super().__init__()
         self.data_path = data_path
-        self.list_data_dict = _load_records(data_path)
+        self.list_data_dict = load_records(data_path)  # raises DataError listing every malformed record
         self.tokenizer = tokenizer
         self.data_args = data_args
+        if self._multimodal:
+            check_placeholders(self.list_data_dict, data_path)
         self.skipped = []  # (index, id, reason) of samples skipped under on_tokenization_mismatch=skip
         self.truncated = set()
         logger.info("Loaded %d samples from %s", len(self.list_data_dict), data_path)
@@ -81,86 +66,110 @@ class LazySupervisedDataset(Dataset):
         while True:
             try:
                 return self._get(i)
-            except TokenizationMismatchError as e:
+            except DataError as e:
+                if not isinstance(e.__cause__, TokenizationMismatchError):
+                    raise
                 if self.data_args_value("on_tokenization_mismatch", "error") != "skip":
                     raise
-                record = self.list_data_dict[i]
-                self.skipped.append((i, _sample_id(record, i), str(e)))
-                logger.warning("Skipping sample %s (%d skipped so far): %s", _sample_id(record, i), len(self.skipped), e)
+                self.skipped.append((i, sample_id(self.list_data_dict[i], i), str(e)))
+                logger.warning("Skipping sample %s (%d skipped so far): %s",
+                               sample_id(self.list_data_dict[i], i), len(self.skipped), e)
                 tries += 1
                 if tries >= len(self):
                     raise DataError(f"{self.data_path}: every sample failed to tokenize") from e
                 i = (i + 1) % len(self)
 
+    @property
+    def _multimodal(self) -> bool:
+        return bool(getattr(self.data_args, "is_multimodal", False))
+
     def data_args_value(self, name, default):
         return getattr(self.data_args, name, default)
 
+    def _where(self, i) -> str:
+        lines = getattr(self.list_data_dict, "lines", None)
+        return describe(self.data_path, self.list_data_dict[i], i, lines[i] if lines else None)
+
     def _get(self, i):
+        where = self._where(i)
+        try:
+            return self._build(i, where)
+        except DataError:
+            raise
+        except MemoryError:
+            raise  # not the sample's fault; wrapping it would send the user looking at the data
+        except Exception as e:
+            # Whatever reading, decoding, rendering or tokenizing raised, say which sample and keep
+            # the original type and message (and traceback, via __cause__) visible.
+            raise DataError(f"{where}: {type(e).__name__}: {e}") from e
+
+    def _build(self, i, where):
         record = self.list_data_dict[i]
-        sid = _sample_id(record, i)
-        where = f"{self.data_path}: sample {sid} (index {i})"
         has_image = "image" in record
+        # Before the image is opened: the text alone decides. A text-only run (no vision tower) has no
+        # placeholders, so a literal "<image>" there is just text.
+        problem = placeholder_problem(record) if self._multimodal else None
+        if problem:
+            raise DataError(f"{where} {problem}.")
         conversations = copy.deepcopy(record["conversations"])
         data = {}
         if has_image:
-            if not any(DEFAULT_IMAGE_TOKEN in turn.get("value", "") for turn in conversations):
-                raise DataError(f"{where} has an image but no {DEFAULT_IMAGE_TOKEN} in its text.")
             image, image_size = self._load_image(record["image"], where)
             data["image"] = image
             data["image_size"] = image_size
             sources = preprocess_multimodal([conversations], self.data_args)
         else:
             sources = [conversations]
-        try:
-            tokens = preprocess(sources, self.tokenizer, has_image=has_image, sample_id=sid)
-        except ValueError as e:
-            raise type(e)(f"{self.data_path} (index {i}): {e}") from e
+        tokens = preprocess(sources, self.tokenizer, has_image=has_image, sample_id=sample_id(record, i))
         input_ids, labels = _first(tokens["input_ids"]), _first(tokens["labels"])
-        self._check_length(input_ids, labels, has_image, where, i)
+        if self._multimodal:
+            self._check_placeholders(input_ids, 1 if has_image else 0, where)
+        self._check_length(input_ids, labels, data.get("image_size"), where, i)
         data["input_ids"], data["labels"] = input_ids, labels
+        data["index"] = i  # the collator passes it on as sample_index, so a NaN-loss error can name the samples
         if not has_image and self.data_args.is_multimodal:
             # A zero image keeps one image per sample, so the model's image cursor stays aligned.
             crop = self.data_args.image_processor.crop_size
             data["image"] = torch.zeros(3, crop["height"], crop["width"])
         return data
 
+    @staticmethod
+    def _check_placeholders(input_ids, n_images, where):
+        # The text check in placeholder_problem cannot see what rendering does: a template may drop
+        # a leading non-human turn (and the <image> in it), and the plain template rewrites the first
+        # turn. The model pairs sentinels with images one to one, so check the tokens themselves.
+        n_sentinels = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        if n_sentinels != n_images:
+            hint = ""
+            if n_sentinels < n_images:
+                hint = " (was <image> in a leading non-human turn, which the template drops?)"
+            raise DataError(f"{where}: after rendering and tokenization it has {n_sentinels} image placeholder "
+                            f"token(s) (IMAGE_TOKEN_INDEX) but brings {n_images} image(s); the model needs "
+                            f"exactly one placeholder per image{hint}")
+
     def _load_image(self, image_file, where):
-        from PIL import Image, UnidentifiedImageError
-
-        from llava.mm_utils import expand2square, process_anyres_image
-
-        if isinstance(image_file, list):
-            raise DataError(f"{where}: a list of images per sample is not supported by this dataset.")
         path = os.path.join(self.data_args.image_folder or "", image_file)
         if not os.path.isfile(path):
             raise DataError(f"{where}: image file not found: {path}")
         try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{where}: cannot read image {path}: {e}") from e
-        processor = self.data_args.image_processor
-        size = image.size
-        if self.data_args.image_aspect_ratio == "pad":
-            background = tuple(int(x * 255) for x in processor.image_mean)
-            pixels = processor.preprocess(expand2square(image, background), return_tensors="pt")["pixel_values"][0]
-        elif self.data_args.image_aspect_ratio == "anyres":
-            pixels = process_anyres_image(image, processor, self.data_args.image_grid_pinpoints)
-        else:
-            pixels = processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
-        return pixels, size
+            return load_sample_image(path, self.data_args)
+        except ImageError as e:  # it names the file and the cause; add the sample
+            raise DataError(f"{where}: cannot read image: {e}") from e
 
-    def _check_length(self, input_ids, labels, has_image, where, index):
+    def _check_length(self, input_ids, labels, image_size, where, index):
         max_len = self.tokenizer.model_max_length
         supervised = (labels != IGNORE_INDEX).nonzero()
         if len(supervised) == 0:
             raise DataError(f"{where}: no token is supervised (all labels are masked).")
         # Length after the model replaces each image sentinel by its features.
         extra = 0
-        tower_tokens = getattr(self.data_args, "image_tokens", None)
-        if has_image and tower_tokens:
-            extra = int((input_ids == IMAGE_TOKEN_INDEX).sum()) * (tower_tokens - 1)
-        first = int(supervised[0]) + (extra if has_image else 0)
+        if image_size is not None:  # one image, one sentinel (checked by _check_placeholders)
+            tokens = visual_tokens_for(image_size, self.data_args)
+            if tokens is None:  # tower geometry unknown: the flat count the tower reports, if any
+                tokens = getattr(self.data_args, "image_tokens", None)
+            if tokens:
+                extra = tokens - 1  # the sentinel itself is replaced, not kept
+        first = int(supervised[0]) + extra
         if first >= max_len:
             raise DataError(f"{where} is longer than model_max_length={max_len}: its first supervised token is at "
                             f"position {first} (images expanded), so truncation would leave nothing to learn. "

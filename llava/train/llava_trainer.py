@@ -28,6 +28,8 @@ from torch.utils.data import Sampler
 import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 
+from .collator import SAMPLE_INDEX_KEY
+
 logger = logging.getLogger(__name__)
 
 NON_LORA_TRAINABLES_NAME = "non_lora_trainables.bin"
@@ -346,6 +348,57 @@ class LLaVATrainer(transformers.Trainer):
                     manager.register_module_override(module, "weight", {"optim_bits": 32})
         return self.optimizer
 
+    # ---- non-finite loss guard ------------------------------------------------------------------
+
+    def training_step(self, model: nn.Module, inputs: Dict[str, object], num_items_in_batch=None) -> torch.Tensor:
+        """The Trainer's step, stopping training on a NaN / inf loss instead of training on.
+
+        Overridden here rather than in ``compute_loss``: DualSpeed wraps ``compute_loss``, and this sees the loss
+        of every path (plain, fast, slow). The collator's ``sample_index`` is popped before the model sees it."""
+        inputs = dict(inputs)
+        sample_index = inputs.pop(SAMPLE_INDEX_KEY, None)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The loss comes back after backward (DeepSpeed included), possibly divided by the accumulation steps,
+        # which keeps NaN / inf as they are; the optimizer has not stepped on this micro-batch yet. Reading the
+        # flag costs one host sync per step (the Trainer's logging_nan_inf_filter already syncs on it too).
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise FloatingPointError(self._non_finite_loss_message(loss, sample_index))
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Evaluation batches come from the same collator: its sample_index is not a model input either.
+        inputs = {k: v for k, v in inputs.items() if k != SAMPLE_INDEX_KEY}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def _non_finite_loss_message(self, loss: torch.Tensor, sample_index) -> str:
+        value = loss.detach().float().cpu().flatten().tolist()
+        step = int(self.state.global_step)
+        lines = [f"Non-finite training loss {value[0] if len(value) == 1 else value} at global step {step} "
+                 f"(a micro-batch of optimizer step {step + 1}; the optimizer has not stepped on it). "
+                 "Training stopped instead of training on it."]
+        if sample_index is not None:
+            indices = [int(i) for i in sample_index.detach().cpu().flatten().tolist()]
+            lines.append(f"Batch sample indices (this rank): {indices}.")
+            ids = self._sample_ids(indices)
+            if ids is not None:
+                lines.append(f"Sample ids: {ids}.")
+        else:
+            lines.append("Sample indices unknown: the dataset's samples carry no 'index' key.")
+        lines.append("Likely causes: a learning rate too high or no warmup; fp16 overflow (try bf16); a sample whose "
+                     "labels are all IGNORE_INDEX (empty answer, or its answer truncated away); a corrupt or "
+                     "all-constant image; a NaN in the pretrained projector or model weights.")
+        return "\n".join(lines)
+
+    def _sample_ids(self, indices: Sequence[int]) -> Optional[List[object]]:
+        """The "id" of each sample when the train dataset keeps its records (LazySupervisedDataset does)."""
+        records = getattr(self.train_dataset, "list_data_dict", None)
+        if records is None:
+            return None
+        try:
+            return [records[i].get("id") if isinstance(records[i], dict) else None for i in indices]
+        except (IndexError, TypeError):  # an index from another dataset (wrapped or concatenated): no ids
+            return None
+
     # ---- saving ---------------------------------------------------------------------------------
 
     def _checkpoint_dir(self, trial) -> str:
@@ -416,7 +469,9 @@ class LLaVATrainer(transformers.Trainer):
         target = self.model if model is None else model
         path = os.path.join(resume_from_checkpoint, NON_LORA_TRAINABLES_NAME)
         if _is_peft_model(target) and os.path.isfile(path):
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+            from llava.model.weights import load_weights_file
+
+            weights = load_weights_file(path)
             result = target.load_state_dict(weights, strict=False)
             if result.unexpected_keys:
                 logger.warning("non_lora_trainables.bin has keys the model lacks: %s", result.unexpected_keys)

@@ -55,7 +55,14 @@ __all__ = [
     "preprocess_llama_2",
     "preprocess_mpt",
     "preprocess",
+    "ROLE_NAMES",
+    "normalize_role",
 ]
+
+# The speaker names of LLaVA data. Compared case-insensitively: upstream's legacy v0 renderer
+# (``_add_speaker_and_signal``) lower-cases them, and a capitalised "Human" is unambiguous, so every
+# template accepts the same spellings rather than some crashing with a KeyError on them.
+ROLE_NAMES = ("human", "gpt")
 
 
 class TokenizationMismatchError(ValueError):
@@ -64,6 +71,29 @@ class TokenizationMismatchError(ValueError):
 
 class NoSupervisedTokensError(ValueError):
     """A sample has no supervised token at all (it would contribute zero loss)."""
+
+
+def normalize_role(name) -> Optional[str]:
+    """``"human"`` or ``"gpt"`` for an accepted speaker name (any letter case), else None."""
+    if isinstance(name, str) and name.lower() in ROLE_NAMES:
+        return name.lower()
+    return None
+
+
+def _check_turns(source, name: str) -> None:
+    """Reject turns the renderers would otherwise fail on with a bare KeyError/TypeError.
+
+    :class:`llava.train.dataset.LazySupervisedDataset` checks this for every record up front; this
+    guard is for callers of :func:`preprocess` that build ``sources`` themselves.
+    """
+    for j, turn in enumerate(source):
+        if not isinstance(turn, dict):
+            raise ValueError(f"sample {name} turn {j} is a {type(turn).__name__}, not a dict with 'from' and 'value'")
+        if normalize_role(turn.get("from")) is None:
+            raise ValueError(f"sample {name} turn {j}: unknown role {turn.get('from')!r} in 'from'; accepted: "
+                             f"{', '.join(repr(r) for r in ROLE_NAMES)} (any letter case)")
+        if not isinstance(turn.get("value"), str):
+            raise ValueError(f"sample {name} turn {j}: 'value' must be a string, got {turn.get('value')!r}")
 
 
 # ---------------------------------------------------------------------- upstream helpers
@@ -304,12 +334,13 @@ def _labels_for_prompt(prompt: str, segments, tokenizer, has_image: bool, name: 
 
 def _render_with_template(source, conv, index: int, name: str):
     """Fill ``conv`` (a copy of the template) with a ``[{"from", "value"}, ...]`` sample."""
+    _check_turns(source, name)
     roles = {"human": conv.roles[0], "gpt": conv.roles[1]}
-    if len(source) > 0 and roles[source[0]["from"]] != conv.roles[0]:
+    if len(source) > 0 and normalize_role(source[0]["from"]) != "human":
         source = source[1:]  # drop a leading non-human turn, as upstream
     conv.messages = []
     for j, sentence in enumerate(source):
-        role = roles[sentence["from"]]
+        role = roles[normalize_role(sentence["from"])]
         if role != conv.roles[j % 2]:
             raise ValueError(f"roles do not alternate human/gpt in sample {name} at turn {j}")
         conv.append_message(role, sentence["value"])
@@ -345,6 +376,7 @@ def preprocess_plain(sources, tokenizer, sample_id=None) -> Dict[str, List[torch
     input_ids, labels = [], []
     for i, source in enumerate(sources):
         name = _sample_name(sample_id, i, len(sources))
+        _check_turns(source, name)
         if len(source) != 2:
             raise ValueError(f"plain sample {name} must have exactly 2 turns, got {len(source)}")
         if DEFAULT_IMAGE_TOKEN not in source[0]["value"]:
@@ -391,6 +423,7 @@ def _preprocess_v0(sources, tokenizer, has_image, sample_id):
     input_ids, labels = [], []
     for i, source in enumerate(sources):
         name = _sample_name(sample_id, i, len(sources))
+        _check_turns(source, name)  # _add_speaker_and_signal would render unknown roles as "unknown"
         source = copy.deepcopy(source)
         _add_speaker_and_signal(header, source)
         segments: List[Tuple[str, bool]] = [(header, False)]

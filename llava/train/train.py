@@ -18,8 +18,9 @@ from llava.model import LlavaLlamaForCausalLM, LlavaMistralForCausalLM
 from llava.model.attention import pick_attn_implementation
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .cpu_distributed import maybe_setup_cpu_deepspeed, shutdown_distributed
+from .cpu_distributed import explain_collective_timeouts, maybe_setup_cpu_deepspeed, shutdown_distributed
 from .dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
+from .images import record_tower_geometry
 from .llava_trainer import (LLaVATrainer, find_all_linear_names, get_mm_adapter_state_maybe_zero_3,
                             get_peft_state_maybe_zero_3, get_peft_state_non_lora_maybe_zero_3, maybe_zero_3)
 from .preprocess import (_add_speaker_and_signal, _mask_targets, _tokenize_fn, preprocess, preprocess_llama_2,
@@ -184,6 +185,8 @@ def setup_vision(model, model_args, data_args, training_args, tokenizer):
     config.image_grid_pinpoints = data_args.image_grid_pinpoints
     config.tokenizer_padding_side = tokenizer.padding_side
     config.tokenizer_model_max_length = tokenizer.model_max_length
+    # The dataset's length check must count each image's tokens as the merge will lay them out (anyres grids).
+    record_tower_geometry(data_args, vision_tower, config)
 
     config.tune_mm_mlp_adapter = training_args.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
     if model_args.tune_mm_mlp_adapter:
@@ -243,36 +246,39 @@ def _resume_arg(training_args):
 
 def train(attn_implementation=None):
     global local_rank
-    maybe_setup_cpu_deepspeed(sys.argv[1:])
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    local_rank = training_args.local_rank
-    logging.basicConfig(level=logging.INFO if training_args.local_rank in (0, -1) else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Trainer seeds only at its own construction, after the projector (and LoRA) are initialised here;
-    # seed first so the same --seed gives the same run.
-    transformers.set_seed(training_args.seed)
-    model = build_model(model_args, training_args, attn_implementation)
-    tokenizer = build_tokenizer(model_args, training_args, model)
-    if model_args.vision_tower is not None:
-        setup_vision(model, model_args, data_args, training_args, tokenizer)
-    if training_args.bits in (4, 8):
-        _fix_kbit_dtypes(model, training_args)
+    argv = sys.argv[1:]
+    # Everything from the process group's creation on: a timed-out collective becomes one clear line.
+    with explain_collective_timeouts(argv):
+        maybe_setup_cpu_deepspeed(argv)
+        parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+        local_rank = training_args.local_rank
+        logging.basicConfig(level=logging.INFO if training_args.local_rank in (0, -1) else logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The Trainer seeds only at its own construction, after the projector (and LoRA) are initialised here;
+        # seed first so the same --seed gives the same run.
+        transformers.set_seed(training_args.seed)
+        model = build_model(model_args, training_args, attn_implementation)
+        tokenizer = build_tokenizer(model_args, training_args, model)
+        if model_args.vision_tower is not None:
+            setup_vision(model, model_args, data_args, training_args, tokenizer)
+        if training_args.bits in (4, 8):
+            _fix_kbit_dtypes(model, training_args)
 
-    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
-    trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
-    rank0_print(f"Training: world_size={training_args.world_size}, {len(data_module['train_dataset'])} samples, "
-                f"deepspeed={training_args.deepspeed or 'off'}, output_dir={training_args.output_dir}")
-    trainer.train(resume_from_checkpoint=_resume_arg(training_args))
-    trainer.save_state()
-    model.config.use_cache = True
-    save_trained_model(trainer, model, training_args)
+        data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
+        trainer = LLaVATrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+        rank0_print(f"Training: world_size={training_args.world_size}, {len(data_module['train_dataset'])} "
+                    f"samples, deepspeed={training_args.deepspeed or 'off'}, output_dir={training_args.output_dir}")
+        trainer.train(resume_from_checkpoint=_resume_arg(training_args))
+        trainer.save_state()
+        model.config.use_cache = True
+        save_trained_model(trainer, model, training_args)
 
-    dataset = data_module["train_dataset"]
-    if dataset.skipped or dataset.truncated:
-        rank0_print(f"Data report: {len(dataset.skipped)} samples skipped (tokenization mismatch), "
-                    f"{len(dataset.truncated)} truncated to model_max_length.")
-    shutdown_distributed()
+        dataset = data_module["train_dataset"]
+        if dataset.skipped or dataset.truncated:
+            rank0_print(f"Data report: {len(dataset.skipped)} samples skipped (tokenization mismatch), "
+                        f"{len(dataset.truncated)} truncated to model_max_length.")
+        shutdown_distributed()
     return trainer
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import torch
 
+# Keys of a training batch that describe the samples (for error messages) and are not model inputs.
+BATCH_METADATA_KEYS = ("sample_index",)
+
 
 class LlavaGenerationMixin:
     """Put first in the bases: it wraps the LM's forward/generate with the image splice, and holds what every
@@ -25,13 +28,21 @@ class LlavaGenerationMixin:
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, images=None, image_sizes=None, return_dict=None, **kwargs):
+                output_hidden_states=None, images=None, image_sizes=None, return_dict=None, image_counts=None,
+                **kwargs):
         # Older generate() versions pass cache_position; the v5 Llama forward has none.
         kwargs.pop("cache_position", None)
+        # Batch bookkeeping the collator emits for error messages (LLaVATrainer.training_step pops it); dropped
+        # here too so an evaluation loop or a hand-written step that forwards the whole batch still works.
+        for key in BATCH_METADATA_KEYS:
+            kwargs.pop(key, None)
         if inputs_embeds is None:
+            # image_counts is consumed here, never handed to the LM's forward. It is passed only when given, so
+            # a subclass whose merge keeps upstream's signature still works for callers that do not send it.
+            extra = {} if image_counts is None else {"image_counts": image_counts}
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = \
                 self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
-                                                          past_key_values, labels, images, image_sizes)
+                                                          past_key_values, labels, images, image_sizes, **extra)
         if output_attentions is not None:
             kwargs["output_attentions"] = output_attentions
         if output_hidden_states is not None:
