@@ -409,3 +409,23 @@ def test_length_check_counts_the_visual_tokens_of_the_tower_geometry(tmp_path, t
     assert len(item["input_ids"]) + 15 <= 200
     with pytest.raises(DataError, match=r"sample fits \(index 0\) is longer than model_max_length=200"):
         build(tmp_path, records, tokenizer, processor, image_tokens=5000)[0]
+
+
+def test_anyres_sample_whose_answer_the_merge_would_cut_is_refused(tmp_path, tokenizer, processor, image):
+    # The bug this guards: the check counted one crop's tokens per image, the anyres merge makes base + grid
+    # (+ newline tokens), so the model's truncation cut the whole answer away and the loss was NaN.
+    from llava.train.images import visual_tokens_for
+
+    geometry = dict(image_aspect_ratio="anyres", image_grid_pinpoints="[[64, 32], [32, 64], [64, 64]]",
+                    mm_patch_merge_type="spatial_unpad", tower_patches_per_side=4, tower_image_size=32,
+                    tokens_per_crop=16, image_tokens=16)
+    records = [qa("<image>\nWhat color?", "red", image, "grid")]
+    anyres_tokens = visual_tokens_for((40, 30), types.SimpleNamespace(**geometry))
+    assert anyres_tokens > 2 * 16  # base crop + a grid of crops
+    text_len = len(build(tmp_path, records, tokenizer, processor, **geometry)[0]["input_ids"])
+    # Room for one crop's tokens, not for the grid's: under the old count this sample looked fine.
+    tokenizer.model_max_length = text_len + 16 + 2
+    ds = build(tmp_path, records, tokenizer, processor, **geometry)
+    with pytest.raises(DataError, match=r"sample grid \(index 0\) is longer than model_max_length=\d+: its first "
+                                        r"supervised token is at position \d+ \(images expanded\)"):
+        ds[0]

@@ -374,3 +374,17 @@ def test_record_tower_geometry_counts_the_cls_token():
     record_tower_geometry(args, tower, types.SimpleNamespace(mm_patch_merge_type="flat"))
     assert (args.tokens_per_crop, args.tower_patches_per_side, args.tower_image_size) == (577, 24, 336)
     assert visual_tokens_for((700, 300), args) == 4 * 577  # pinpoints given as the CLI's string
+
+
+def test_run_llava_load_image_keeps_upstreams_one_argument_call(tmp_path):
+    from PIL import Image
+
+    from llava.eval.run_llava import load_image, load_images
+
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    image = load_image(str(tmp_path / "clear.png"))  # upstream's signature: the file only
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (122, 116, 104)  # CLIP's mean, not black
+    assert len(load_images([str(tmp_path / "clear.png")] * 2)) == 2
+    with pytest.raises(ValueError, match=r"bad\.png: cannot decode image"):
+        load_image(str(tmp_path / "bad.png"))

@@ -18,17 +18,24 @@ def image_parser(args):
     return args.image_file.split(args.sep)
 
 
-def load_image(image_file, image_processor, model_config):
+def load_image(image_file, image_processor=None, model_config=None):
     """The image at `image_file` in RGB, decoded as in training (llava.image_io: every PIL mode, alpha over
-    the processor's mean colour, oversized canvases and undecodable files refused with an ImageError)."""
-    from llava.image_io import open_for_processing
+    the processor's mean colour, oversized canvases and undecodable files refused with an ImageError).
+
+    Upstream's one-argument call still works: without a processor, alpha goes over CLIP's mean colour (the
+    colour LLaVA's CLIP processors pad with) and only the image's own size is checked."""
+    from llava.image_io import open_for_processing, open_rgb
 
     if image_file.startswith(("http://", "https://")):
         raise ValueError(f"{image_file}: this offline build does not fetch URLs; download the image first.")
+    if image_processor is None:
+        from transformers.utils.constants import OPENAI_CLIP_MEAN
+
+        return open_rgb(image_file, background=tuple(int(x * 255) for x in OPENAI_CLIP_MEAN))
     return open_for_processing(image_file, image_processor, getattr(model_config, "image_aspect_ratio", None))
 
 
-def load_images(image_files, image_processor, model_config):
+def load_images(image_files, image_processor=None, model_config=None):
     return [load_image(f, image_processor, model_config) for f in image_files]
 
 
