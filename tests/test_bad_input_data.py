@@ -260,15 +260,42 @@ def test_literal_image_text_is_plain_text_in_a_text_only_run(tmp_path, tokenizer
     assert int((ds[0]["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == 0
 
 
-def test_placeholder_dropped_with_a_leading_gpt_turn_is_caught_after_tokenization(tmp_path, tokenizer, processor,
-                                                                                  image):
-    # The template drops a leading non-human turn (as upstream); the <image> in it goes with it.
-    record = {"id": "lead", "image": image, "conversations": [
-        {"from": "gpt", "value": "<image>\nHello."}, {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
-    ds = build(tmp_path, [record], tokenizer, processor)
-    with pytest.raises(DataError, match=r"data\.json: sample lead \(index 0\): after rendering and tokenization it has "
+def test_placeholder_in_an_answer_turn(tmp_path, tokenizer, processor, image):
+    # Preprocessing would move it to the start of the answer: the image inside the text to predict.
+    record = {"id": "ans", "image": image, "conversations": [
+        {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "<image>\nA."}]}
+    with pytest.raises(DataError, match=r"data\.json: sample ans \(index 0\) has its <image> placeholder in turn 1, "
+                                        r"an answer \('gpt'\) turn"):
+        build(tmp_path, [record], tokenizer, processor)
+
+
+def test_placeholder_lost_in_rendering_is_caught_on_the_tokens(tmp_path, tokenizer, processor, image, monkeypatch):
+    # The text check passes; the second line of defence counts IMAGE_TOKEN_INDEX in what was tokenized.
+    import llava.train.dataset as dataset_module
+
+    real = dataset_module.preprocess
+
+    def drops_the_sentinel(sources, tokenizer, has_image=False, sample_id=None):
+        out = real(sources, tokenizer, has_image=has_image, sample_id=sample_id)
+        keep = out["input_ids"][0] != IMAGE_TOKEN_INDEX
+        return dict(input_ids=[out["input_ids"][0][keep]], labels=[out["labels"][0][keep]])
+
+    monkeypatch.setattr(dataset_module, "preprocess", drops_the_sentinel)
+    ds = build(tmp_path, [qa("<image>\nQ?", "A.", image, "lost")], tokenizer, processor)
+    with pytest.raises(DataError, match=r"data\.json: sample lost \(index 0\): after rendering and tokenization it has "
                                         r"0 image placeholder token\(s\) \(IMAGE_TOKEN_INDEX\) but brings 1 image"):
         ds[0]
+
+
+def test_leading_answer_turns_and_repeated_ids_are_reported_at_start_up(tmp_path, tokenizer, processor, caplog):
+    lead = {"id": "lead", "conversations": [{"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Q?"},
+                                            {"from": "gpt", "value": "A."}]}
+    records = [lead, qa("Q?", "A.", sid="dup"), qa("Q2?", "B.", sid="dup")]
+    with caplog.at_level("WARNING"):
+        build(tmp_path, records, tokenizer, processor)
+    assert "sample lead (index 0) starts with an answer ('gpt') turn" in caplog.text
+    assert "drop a leading answer turn" in caplog.text
+    assert "sample dup (index 2) repeats the id of index 1" in caplog.text
 
 
 def test_good_image_sample_has_one_sentinel(tmp_path, tokenizer, processor, image):

@@ -22,7 +22,8 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .collator import DataCollatorForSupervisedDataset
 from .images import ImageError, load_sample_image, visual_tokens_for
 from .preprocess import TokenizationMismatchError, preprocess, preprocess_multimodal
-from .records import DataError, describe, load_records, check_placeholders, placeholder_problem, sample_id
+from .records import (DataError, check_placeholders, describe, load_records, placeholder_problem, sample_id,
+                      warn_suspicious_records)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class LazySupervisedDataset(Dataset):
         self.data_args = data_args
         if self._multimodal:
             check_placeholders(self.list_data_dict, data_path)
+        warn_suspicious_records(self.list_data_dict, data_path)
         self.skipped = []  # (index, id, reason) of samples skipped under on_tokenization_mismatch=skip
         self.truncated = set()
         logger.info("Loaded %d samples from %s", len(self.list_data_dict), data_path)

@@ -223,7 +223,7 @@ def placeholder_problem(record) -> Optional[str]:
     per_turn = [turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in record["conversations"]]
     n_text = sum(per_turn)
     if n_text == n_images:
-        return None
+        return _answer_placeholder(record, per_turn)
     turns = ", ".join(str(j) for j, n in enumerate(per_turn) if n)
     if n_images == 0:
         return (f"is text-only (no 'image' key) but its text has {n_text} {DEFAULT_IMAGE_TOKEN} "
@@ -233,6 +233,40 @@ def placeholder_problem(record) -> Optional[str]:
     return (f"has {n_text} {DEFAULT_IMAGE_TOKEN} placeholders in its text (turn {turns}) but brings 1 image; "
             f"this dataset supports one image per sample, with exactly one {DEFAULT_IMAGE_TOKEN} for it "
             f"(upstream would silently merge placeholders within one turn)")
+
+
+def _answer_placeholder(record, per_turn) -> Optional[str]:
+    """An ``<image>`` in an answer turn: preprocessing would move it to the start of that answer, so the image
+    features would sit inside the text the model is trained to predict."""
+    for j, n in enumerate(per_turn):
+        if n and normalize_role(record["conversations"][j]["from"]) == "gpt":
+            return (f"has its {DEFAULT_IMAGE_TOKEN} placeholder in turn {j}, an answer ('gpt') turn; the image "
+                    f"belongs in a question ('human') turn")
+    return None
+
+
+def warn_suspicious_records(records: Sequence, path: str) -> None:
+    """Log, before training, what is legal but loses or confuses data: samples whose leading answer turn the
+    chat templates drop (as upstream does), and ids used by more than one sample (errors name samples by id)."""
+    lines = getattr(records, "lines", None)
+    leading, first_index, repeated = [], {}, []
+    for i, record in enumerate(records):
+        label = sample_label(record, i, lines[i] if lines else None)
+        if normalize_role(record["conversations"][0]["from"]) == "gpt":
+            leading.append(label)
+        rid = record.get("id")
+        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+            if rid in first_index:
+                repeated.append(f"{label} repeats the id of index {first_index[rid]}")
+            else:
+                first_index[rid] = i
+    if leading:
+        logger.warning("%s\n(the v1, llama_2 and mpt templates drop a leading answer turn, as upstream LLaVA does)",
+                       _report(path, [f"{b} starts with an answer ('gpt') turn" for b in leading], len(records),
+                               "start with an answer ('gpt') turn"))
+    if repeated:
+        logger.warning("%s\n(errors and reports name samples by id and index; the index is unique)",
+                       _report(path, repeated, len(records), "reuse an id"))
 
 
 def check_placeholders(records: Sequence, path: str) -> None:
