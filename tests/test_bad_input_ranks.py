@@ -217,3 +217,24 @@ def test_deepspeed_run_with_a_stalled_rank_fails_fast_and_says_why(tiny_assets, 
         log[-6000:]
     assert "Timed out waiting" in log  # gloo's own error, chained below ours
     assert wall < stall_s / 2, wall  # ended by the timeout, not by the sleeping rank waking up
+
+
+def test_an_abbreviated_ddp_timeout_is_refused_not_ignored(monkeypatch, tmp_path):
+    # argparse accepts --ddp_time for --ddp_timeout; the groups were made from argv before parsing, which
+    # cannot see the abbreviation: the run must not go on with another timeout than the one asked for.
+    import transformers
+
+    from llava.train import cpu_distributed
+    from llava.train.arguments import TrainingArguments
+
+    argv = ["--output_dir", str(tmp_path), "--ddp_time", "20"]
+    (args,) = transformers.HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(args=argv)
+    assert args.ddp_timeout == 20
+    monkeypatch.setattr(cpu_distributed, "_group_timeout_s", cpu_distributed.ddp_timeout_from_argv(argv))
+    with pytest.raises(ValueError, match=r"--ddp_timeout parsed as 20 s, but the CPU process groups were created "
+                                         r"with 1800 s .*write the flag in full: --ddp_timeout 20"):
+        cpu_distributed.check_group_timeout(args)
+    monkeypatch.setattr(cpu_distributed, "_group_timeout_s", 20)
+    cpu_distributed.check_group_timeout(args)  # the same value: nothing to say
+    monkeypatch.setattr(cpu_distributed, "_group_timeout_s", None)
+    cpu_distributed.check_group_timeout(args)  # no CPU groups were made (CUDA, or a single process)

@@ -142,6 +142,27 @@ def test_an_unreadable_config_file_is_a_warning_not_a_crash(tmp_path, caplog):
     assert caplog.records[-1].levelno == logging.WARNING
 
 
+def test_resuming_a_dualspeed_checkpoint_with_dualspeed_off_warns(tmp_path, caplog, monkeypatch):
+    # With --dualspeed False the patch is not installed at all; the entry point compares the flags itself.
+    from dualspeed_patch.train import warn_if_resuming_a_dualspeed_run_without_it
+
+    monkeypatch.delenv("RANK", raising=False)
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    hooks.save_config(DualSpeedConfig(dualspeed=True), str(ckpt))
+    off = DualSpeedConfig(dualspeed=False)
+    with caplog.at_level(logging.INFO, logger=HOOKS_LOGGER):
+        warn_if_resuming_a_dualspeed_run_without_it(off, ["--output_dir", str(tmp_path), "--resume_from_checkpoint",
+                                                          "True"])
+    assert "changed DualSpeed flags: dualspeed True -> False" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=HOOKS_LOGGER):
+        warn_if_resuming_a_dualspeed_run_without_it(off, ["--output_dir", str(tmp_path)])  # not resuming
+        (ckpt / hooks.CONFIG_FILENAME).unlink()  # a plain run's checkpoint: a plain resume says nothing
+        warn_if_resuming_a_dualspeed_run_without_it(off, ["--resume_from_checkpoint", str(ckpt)])
+    assert caplog.text == ""
+
+
 def test_remove_undoes_the_train_wrapper():
     from llava.train.llava_trainer import LLaVATrainer
 

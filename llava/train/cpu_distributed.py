@@ -84,7 +84,9 @@ def maybe_setup_cpu_deepspeed(argv=None) -> bool:
         raise RuntimeError(
             "--deepspeed on a machine without CUDA needs a launcher that sets RANK/WORLD_SIZE: run with "
             "`deepspeed --num_gpus N ...` (N CPU ranks), or drop --deepspeed to train in one process.")
-    timeout = timedelta(seconds=ddp_timeout_from_argv(argv))
+    global _group_timeout_s
+    _group_timeout_s = ddp_timeout_from_argv(argv)
+    timeout = timedelta(seconds=_group_timeout_s)
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     os.environ["LLAVA_CPU_DEEPSPEED"] = "1"
     from accelerate import PartialState
@@ -95,6 +97,20 @@ def maybe_setup_cpu_deepspeed(argv=None) -> bool:
     _new_groups_inherit(timeout)
     PartialState(backend="gloo", timeout=timeout)
     return True
+
+
+_group_timeout_s = None  # what maybe_setup_cpu_deepspeed gave the process groups, once it ran
+
+
+def check_group_timeout(training_args) -> None:
+    """The groups were created from argv before parsing; refuse a parsed --ddp_timeout that differs (argparse
+    also accepts an abbreviation such as --ddp_time, which the pre-parse cannot see), instead of running with
+    another timeout than the one asked for."""
+    if _group_timeout_s is not None and int(training_args.ddp_timeout) != _group_timeout_s:
+        raise ValueError(
+            f"--ddp_timeout parsed as {training_args.ddp_timeout} s, but the CPU process groups were created with "
+            f"{_group_timeout_s} s (read from the command line before parsing); write the flag in full: "
+            f"--ddp_timeout {training_args.ddp_timeout}")
 
 
 def shutdown_distributed() -> None:

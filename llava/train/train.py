@@ -18,7 +18,8 @@ from llava.model import LlavaLlamaForCausalLM, LlavaMistralForCausalLM
 from llava.model.attention import pick_attn_implementation
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .cpu_distributed import explain_collective_timeouts, maybe_setup_cpu_deepspeed, shutdown_distributed
+from .cpu_distributed import (check_group_timeout, explain_collective_timeouts, maybe_setup_cpu_deepspeed,
+                              shutdown_distributed)
 from .dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
 from .images import record_tower_geometry
 from .llava_trainer import (LLaVATrainer, find_all_linear_names, get_mm_adapter_state_maybe_zero_3,
@@ -252,6 +253,7 @@ def train(attn_implementation=None):
         maybe_setup_cpu_deepspeed(argv)
         parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
         model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+        check_group_timeout(training_args)
         local_rank = training_args.local_rank
         logging.basicConfig(level=logging.INFO if training_args.local_rank in (0, -1) else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
