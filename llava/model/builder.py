@@ -6,6 +6,7 @@ mm_projector.bin, model weights) and from config.json, not only from substrings 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 
@@ -62,7 +63,10 @@ def _strip_non_lora_keys(weights: dict) -> dict:
 
 def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
                           device="cuda", use_flash_attn=False, **kwargs):
-    """Returns (tokenizer, model, image_processor, context_len), as upstream."""
+    """Returns (tokenizer, model, image_processor, context_len), as upstream.
+
+    Extra keywords go to `from_pretrained`, as upstream, except `multimodal` (see `_drop_multimodal_flag`)."""
+    _drop_multimodal_flag(kwargs)
     if device == "cuda" and not torch.cuda.is_available():
         logger.warning("CUDA is not available: loading on CPU.")
         device = "cpu"
@@ -91,9 +95,12 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     is_projector_only = os.path.isfile(os.path.join(model_path, "mm_projector.bin")) and not _has_full_weights(model_path)
     cfg = _load_config(model_path) if os.path.isfile(os.path.join(model_path, "config.json")) else None
     is_llava = (cfg is not None and _is_llava_config(cfg)) or "llava" in (model_name or "").lower()
+    stored_tower = getattr(cfg, "mm_vision_tower", None)
+    if stored_tower is not None:
+        cfg.mm_vision_tower = _resolve_vision_tower(stored_tower, model_path)
 
     if is_lora and model_base is None:
-        raise ValueError(f"{model_path} holds a LoRA adapter: pass --model-base (the LLM the adapter was trained on).")
+        model_base = _base_from_adapter_config(model_path)
     if is_projector_only and model_base is None:
         raise ValueError(f"{model_path} holds only mm_projector.bin: pass --model-base (the LLM it was trained with).")
 
@@ -137,7 +144,8 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
             if model_base is not None:
                 logger.warning("%s is a full checkpoint; --model-base %s is ignored.", model_path, model_base)
             tokenizer = AutoTokenizer.from_pretrained(model_path)
-            model = model_cls.from_pretrained(model_path, **kwargs)
+            # config=cfg: the one whose vision tower path was resolved above.
+            model = model_cls.from_pretrained(model_path, config=cfg, **kwargs)
     else:
         if model_base is not None and is_lora:
             from peft import PeftModel
@@ -168,10 +176,91 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
         if device_map != "auto" or device != "cuda":
             vision_tower.to(device=device, dtype=model.dtype if not (load_8bit or load_4bit) else torch.float16)
         image_processor = vision_tower.image_processor
+        # The tower keeps the resolved path; the config keeps what the checkpoint recorded, so a model saved
+        # from here (scripts/merge_lora_weights.py) stays as portable as its source instead of pinning this
+        # machine's absolute path.
+        model.config.mm_vision_tower = stored_tower
 
     context_len = getattr(model.config, "max_sequence_length", 2048)  # an LM field only some configs (MPT) have
     model.eval()
     return tokenizer, model, image_processor, context_len
+
+
+def _drop_multimodal_flag(kwargs: dict) -> None:
+    """lmms-eval's `llava` wrapper passes `multimodal=True` (and retries without it on a TypeError). Upstream
+    LLaVA-NeXT's builder pops it and uses it only to take the LLaVA branch for folders whose *name* lacks
+    'llava'; this builder already tells a LLaVA checkpoint from its config.json, so the flag adds nothing and
+    is dropped rather than reaching `from_pretrained`, which would reject it."""
+    flag = kwargs.pop("multimodal", None)
+    if flag is not None:
+        logger.debug("load_pretrained_model: ignoring multimodal=%r (the checkpoint kind is read from its files)",
+                     flag)
+
+
+# How far above a checkpoint folder a relative path it recorded may be anchored. Training writes the path as
+# given on its command line, i.e. relative to the run's cwd; checkpoints live at <cwd>/checkpoints/<name>
+# (our tiny layout: checkpoints/tiny-lora -> ./playground/tiny/...: two levels) or one deeper for the
+# intermediate <name>/checkpoint-N folders: three levels.
+_ANCESTOR_LEVELS = 3
+
+
+def _anchors(folder: str) -> list:
+    """Where a relative path recorded in `folder` may have been relative to, nearest first: the cwd, the
+    folder itself, then its ancestors up to _ANCESTOR_LEVELS."""
+    anchors = [os.getcwd()]
+    current = os.path.abspath(folder)
+    for _ in range(_ANCESTOR_LEVELS + 1):
+        if current not in anchors:
+            anchors.append(current)
+        current = os.path.dirname(current)
+    return anchors
+
+
+def _find_local(stored: str, folder: str):
+    """(the existing absolute path, []) or (None, the places tried) for a path recorded in `folder`."""
+    if os.path.isabs(stored):
+        return (stored, []) if os.path.exists(stored) else (None, [stored])
+    tried = [os.path.normpath(os.path.join(anchor, stored)) for anchor in _anchors(folder)]
+    return next(((p, []) for p in tried if os.path.exists(p)), (None, tried))
+
+
+def _is_hub_tower_name(name: str) -> bool:
+    # The hub names build_vision_tower accepts without a local folder: left to it (and the hub cache).
+    return name.startswith(("openai", "laion")) or "ShareGPT4V" in name
+
+
+def _resolve_vision_tower(stored: str, model_path: str) -> str:
+    """The vision tower path to build from: `stored` (mm_vision_tower in config.json) as given when it exists
+    relative to the cwd, else relative to the checkpoint folder or its ancestors (see _anchors)."""
+    found, tried = _find_local(stored, model_path)
+    if found is not None:
+        if os.path.normpath(found) != os.path.normpath(os.path.abspath(stored)):
+            logger.info("%s: vision tower %r not found from the cwd; using %s", model_path, stored, found)
+        return found
+    if _is_hub_tower_name(stored):
+        return stored
+    raise FileNotFoundError(
+        f"{os.path.join(model_path, 'config.json')} names the vision tower mm_vision_tower={stored!r}, which was "
+        f"not found at any of: {', '.join(tried)}. Run from the folder the checkpoint was trained in, or edit "
+        "mm_vision_tower to the CLIP folder's absolute path.")
+
+
+def _base_from_adapter_config(model_path: str) -> str:
+    """The base LLM of a LoRA folder loaded without model_base: `base_model_name_or_path` of its
+    adapter_config.json (peft writes the path the training run loaded), when that folder exists here."""
+    with open(os.path.join(model_path, "adapter_config.json")) as f:
+        recorded = json.load(f).get("base_model_name_or_path")
+    found, tried = _find_local(recorded, model_path) if recorded else (None, [])
+    if found is None:
+        where = f" (tried: {', '.join(tried)})" if tried else ""
+        raise ValueError(
+            f"{model_path} holds a LoRA adapter and no model base was given; its adapter_config.json records "
+            f"base_model_name_or_path={recorded!r}, which is not a local folder here{where}. Pass --model-base "
+            "(model_base=) naming the LLM the adapter was trained on, or merge the adapter first with "
+            "scripts/merge_lora_weights.py.")
+    logger.warning("%s is a LoRA adapter and no model base was given: using the base recorded in its "
+                   "adapter_config.json, %s", model_path, found)
+    return found
 
 
 def _check_vocab(model, cfg, model_path, model_base):

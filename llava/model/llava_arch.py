@@ -96,6 +96,13 @@ def unpad_image(tensor, original_size):
     return tensor[:, :, pad:current_width - pad]
 
 
+def _parameter_dtype(module, default):
+    """The dtype of `module`'s weights (the tower and the projector may differ, e.g. a bf16 tower beside a
+    float32 projector); `default` for a parameter-free module such as the identity projector."""
+    param = next(module.parameters(), None)
+    return default if param is None else param.dtype
+
+
 def _grid_pinpoints(config):
     pinpoints = config.image_grid_pinpoints
     if isinstance(pinpoints, str):
@@ -112,8 +119,18 @@ class LlavaMetaForCausalLM(ABC):
         return self.get_model().get_vision_tower()
 
     def encode_images(self, images):
-        image_features = self.get_model().get_vision_tower()(images)
-        return self.get_model().mm_projector(image_features)
+        """[N, 3, H, W] pixels -> [N, tokens, D] projected features, in the projector's dtype.
+
+        Pixels arrive in whatever dtype the caller chose (lmms-eval's `llava` wrapper always sends float16, our
+        CPU models are float32, training collators send float32 to bf16 towers). They are cast to the tower's
+        dtype and device *before* the tower, not after: the tower returns features in its input's dtype, so
+        float16 pixels on a float32 tower would otherwise have their float32 features rounded to float16 and
+        back. Casting down (float32 pixels into a bf16/fp16 tower) is what upstream does too: the tower computes
+        in that precision anyway."""
+        model = self.get_model()
+        tower = model.get_vision_tower()
+        image_features = tower(images.to(device=tower.device, dtype=tower.dtype))
+        return model.mm_projector(image_features.to(_parameter_dtype(model.mm_projector, image_features.dtype)))
 
     # ---- image features, one [n_tokens, D] tensor per image after the configured merge ----
     def _image_features_per_image(self, images, image_sizes):
