@@ -346,7 +346,19 @@ def test_missing_vision_tower_folder_is_refused(tmp_path):
     tower = str(tmp_path / "no-such-clip")
     ckpt = _fake_checkpoint(tmp_path / "ckpt", mm_vision_tower=tower)
     msg = _export_error(ckpt, str(tmp_path / "out"))
-    assert tower in msg and "does not exist" in msg
+    assert tower in msg and "not found at any of" in msg and "copied into the export" in msg
+
+
+def test_relative_vision_tower_is_found_from_the_checkpoint(tmp_path, monkeypatch):
+    # Checkpoints store mm_vision_tower as given at training time; an export run from another folder must find
+    # it the way load_pretrained_model does (from the checkpoint folder upwards).
+    from llava.export.hf_native import check_checkpoint
+
+    (tmp_path / "runs" / "clip").mkdir(parents=True)
+    ckpt = _fake_checkpoint(tmp_path / "runs" / "ckpt", mm_vision_tower="./runs/clip")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    check_checkpoint(ckpt, None)  # no error: ./runs/clip is found relative to the checkpoint's parent's parent
 
 
 def test_isolator_note_is_printed(tmp_path, capsys):

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from llava.model.builder import resolve_vision_tower
 from llava.export.chat_template import build_chat_template, get_conversation, reference_prompt
 
 ISOLATOR_FILE = "mode_isolator.bin"
@@ -88,9 +89,12 @@ def check_checkpoint(model_path: str, model_base: Optional[str]) -> dict:
     tower = cfg.get("mm_vision_tower")
     if not tower:
         raise ExportError(f"{model_path}/config.json names no vision tower (mm_vision_tower): not a LLaVA model.")
-    if _looks_like_path(tower) and not os.path.isdir(tower):
-        raise ExportError(f"The vision tower folder {tower} (mm_vision_tower in {model_path}/config.json) does not "
-                          "exist; its CLIP weights are copied into the export.")
+    try:
+        # Found as load_pretrained_model finds it (from the cwd, else from the checkpoint folder upwards), so an
+        # export run from another folder works with a relative mm_vision_tower.
+        resolve_vision_tower(tower, model_path)
+    except FileNotFoundError as e:
+        raise ExportError(f"{e} Its CLIP weights are copied into the export.") from e
     projector = cfg.get("mm_projector_type", "linear")
     if projector != SUPPORTED_PROJECTOR:
         raise ExportError(f"{model_path}: mm_projector_type {projector!r} is not supported; transformers' LLaVA "

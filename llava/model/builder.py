@@ -97,7 +97,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     is_llava = (cfg is not None and _is_llava_config(cfg)) or "llava" in (model_name or "").lower()
     stored_tower = getattr(cfg, "mm_vision_tower", None)
     if stored_tower is not None:
-        cfg.mm_vision_tower = _resolve_vision_tower(stored_tower, model_path)
+        cfg.mm_vision_tower = resolve_vision_tower(stored_tower, model_path)
 
     if is_lora and model_base is None:
         model_base = _base_from_adapter_config(model_path)
@@ -229,7 +229,7 @@ def _is_hub_tower_name(name: str) -> bool:
     return name.startswith(("openai", "laion")) or "ShareGPT4V" in name
 
 
-def _resolve_vision_tower(stored: str, model_path: str) -> str:
+def resolve_vision_tower(stored: str, model_path: str) -> str:
     """The vision tower path to build from: `stored` (mm_vision_tower in config.json) as given when it exists
     relative to the cwd, else relative to the checkpoint folder or its ancestors (see _anchors)."""
     found, tried = _find_local(stored, model_path)
