@@ -262,7 +262,8 @@ def test_native_key_mapping():
             == "model.vision_tower.encoder.layers.0.mlp.fc1.weight")
     assert native_key("model.image_newline") == "model.image_newline"
     assert native_key("lm_head.weight") == "lm_head.weight"
-    assert native_key("model.mode_isolator.weight") is None
+    assert native_key("model.mode_isolator.weight") is None  # a module an extension added: skipped, named
+    assert native_key("model.layers.0.self_attn.q_proj.weight") == "model.language_model.layers.0.self_attn.q_proj.weight"
 
 
 def test_new_vocab_rows_never_win_greedy():
@@ -361,13 +362,15 @@ def test_relative_vision_tower_is_found_from_the_checkpoint(tmp_path, monkeypatc
     check_checkpoint(ckpt, None)  # no error: ./runs/clip is found relative to the checkpoint's parent's parent
 
 
-def test_isolator_note_is_printed(tmp_path, capsys):
+def test_files_the_export_does_not_carry_are_named(tmp_path, capsys):
     from llava.export.hf_native import check_checkpoint
 
     ckpt = _fake_checkpoint(tmp_path / "ckpt")
-    open(os.path.join(ckpt, "mode_isolator.bin"), "w").write("")
+    open(os.path.join(ckpt, "mode_isolator.bin"), "w").write("")  # e.g. DualSpeed's isolator
     check_checkpoint(ckpt, None)
-    assert "mode_isolator.bin" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not exported" in out and "mode_isolator.bin" in out
+    assert "config.json" not in out.split("not exported", 1)[1] and "model.safetensors" not in out
 
 
 def test_cli_help():

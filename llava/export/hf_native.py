@@ -24,7 +24,13 @@ import torch
 from llava.model.builder import resolve_vision_tower
 from llava.export.chat_template import build_chat_template, get_conversation, reference_prompt
 
-ISOLATOR_FILE = "mode_isolator.bin"
+# Files of a checkpoint folder the export reads or knows to be training-only; anything else (an extension's
+# own files) is named in a note, so nothing is dropped without a word.
+KNOWN_FILES = ("config.json", "generation_config.json", "adapter_config.json", "non_lora_trainables.bin",
+               "mm_projector.bin", "special_tokens_map.json", "added_tokens.json", "trainer_state.json",
+               "training_args.bin", "README.md", "tokenizer.model", "tokenizer.json", "tokenizer_config.json")
+KNOWN_PREFIXES = ("model", "pytorch_model", "adapter_model", "chat_template", "rng_state", "optimizer", "scheduler")
+LLM_MODULES = ("embed_tokens.", "layers.", "norm.", "rotary_emb.")
 IMAGE_TOKEN = "<image>"
 # Spellings of one image in the chat template; see chat_template.py for why there are two.
 IMAGE_TEXT_CANDIDATES = ("<image> \n", "<image>\n")
@@ -105,10 +111,18 @@ def check_checkpoint(model_path: str, model_base: Optional[str]) -> dict:
     select = cfg.get("mm_vision_select_feature", "patch")
     if select not in SELECT_STRATEGY:
         raise ExportError(f"{model_path}: mm_vision_select_feature {select!r} is not one of {sorted(SELECT_STRATEGY)}.")
-    if os.path.isfile(os.path.join(model_path, ISOLATOR_FILE)):
-        print(f"note: {model_path}/{ISOLATOR_FILE} (the DualSpeed mode isolator) is not exported: it is only used "
-              "by pruned (fast-mode) training; the exported model runs full inference.")
+    unread = unread_files(model_path)
+    if unread:
+        print(f"note: {model_path}: not exported (the native classes have no place for them; the exported model "
+              f"runs full LLaVA inference): {', '.join(unread)}")
     return cfg
+
+
+def unread_files(model_path: str) -> list:
+    """Files beside the weights that are neither read by the export nor known training leftovers."""
+    return sorted(name for name in os.listdir(model_path)
+                  if os.path.isfile(os.path.join(model_path, name)) and name not in KNOWN_FILES
+                  and not name.startswith(KNOWN_PREFIXES))
 
 
 def decide_layout(cfg: dict, model_path: str) -> Layout:
@@ -183,10 +197,12 @@ def native_key(key: str) -> Optional[str]:
         return f"model.multi_modal_projector.{linear}.{rest}"
     if key == "model.image_newline" or key.startswith("lm_head."):
         return key
-    if key.startswith("model.mode_isolator"):
-        return None  # DualSpeed's fast-mode marker; full inference never reads it
-    if key.startswith("model."):
+    if key.startswith("model.") and key[len("model."):].startswith(LLM_MODULES):
         return "model.language_model." + key[len("model."):]
+    if key.startswith("model."):
+        # A module an extension added to the LLaVA model (full inference never reads it): skipped and named. A
+        # language-model weight wrongly skipped here would be caught as missing by build_native_model.
+        return None
     raise ExportError(f"Parameter {key} has no place in transformers' LLaVA layout.")
 
 
@@ -202,14 +218,17 @@ def _grow_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def native_state_dict(model, vocab_size: int) -> dict:
-    out = {}
+    out, skipped = {}, []
     for key, tensor in model.state_dict().items():
         new = native_key(key)
         if new is None:
+            skipped.append(key)
             continue
         if new in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
             tensor = _grow_rows(tensor, vocab_size)
         out[new] = tensor
+    if skipped:
+        print(f"note: weights with no place in the native classes are not exported: {', '.join(skipped)}")
     return out
 
 

@@ -353,8 +353,8 @@ class LLaVATrainer(transformers.Trainer):
     def training_step(self, model: nn.Module, inputs: Dict[str, object], num_items_in_batch=None) -> torch.Tensor:
         """The Trainer's step, stopping training on a NaN / inf loss instead of training on.
 
-        Overridden here rather than in ``compute_loss``: DualSpeed wraps ``compute_loss``, and this sees the loss
-        of every path (plain, fast, slow). The collator's ``sample_index`` is popped before the model sees it."""
+        Overridden here rather than in ``compute_loss``: extensions may wrap ``compute_loss``, and this sees the
+        loss of every path, wrapped or not. The collator's ``sample_index`` is popped before the model sees it."""
         inputs = dict(inputs)
         sample_index = inputs.pop(SAMPLE_INDEX_KEY, None)
         loss = super().training_step(model, inputs, num_items_in_batch)
