@@ -95,14 +95,15 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     is_projector_only = os.path.isfile(os.path.join(model_path, "mm_projector.bin")) and not _has_full_weights(model_path)
     cfg = _load_config(model_path) if os.path.isfile(os.path.join(model_path, "config.json")) else None
     is_llava = (cfg is not None and _is_llava_config(cfg)) or "llava" in (model_name or "").lower()
-    stored_tower = getattr(cfg, "mm_vision_tower", None)
-    if stored_tower is not None:
-        cfg.mm_vision_tower = resolve_vision_tower(stored_tower, model_path)
-
+    # What the caller must pass is checked before what the checkpoint stores (the tower's path), so a missing
+    # base is reported as such wherever the command runs from.
     if is_lora and model_base is None:
         model_base = _base_from_adapter_config(model_path)
     if is_projector_only and model_base is None:
         raise ValueError(f"{model_path} holds only mm_projector.bin: pass --model-base (the LLM it was trained with).")
+    stored_tower = getattr(cfg, "mm_vision_tower", None)
+    if stored_tower is not None:
+        cfg.mm_vision_tower = resolve_vision_tower(stored_tower, model_path)
 
     if is_llava:
         model_cls = _llava_class(cfg)
