@@ -36,3 +36,11 @@ def tiny_assets(tmp_path_factory):
     from dualspeed_lab.tiny.build import build_all
 
     return build_all(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def vision_path(tmp_path_factory):
+    """A tiny CLIP tower folder, built once per test module (the tests that load it from disk share it)."""
+    from tests.helpers import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")

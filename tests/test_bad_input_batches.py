@@ -14,17 +14,12 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX as IMG
 from llava.model.llava_arch import LlavaMetaForCausalLM
 from llava.train.collator import DataCollatorForSupervisedDataset
 from llava.train.llava_trainer import LLaVATrainer
-from tests.helpers import build_tiny_clip, make_tiny_llava
+from tests.helpers import make_tiny_llava
 
 K = budget(576, 0.9)
 # The merge as our llava defines it, whether or not another test left the DualSpeed patch on.
 OWN_MERGE = getattr(LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal, "__dualspeed_original__",
                     LlavaMetaForCausalLM.prepare_inputs_labels_for_multimodal)
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 @pytest.fixture(scope="module")

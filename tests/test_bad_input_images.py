@@ -308,13 +308,6 @@ def test_unpadded_shape_matches_unpad_image():
 
 
 @pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    from tests.helpers import build_tiny_clip
-
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
-
-
-@pytest.fixture(scope="module")
 def image_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sizes")
     rng = np.random.default_rng(2)

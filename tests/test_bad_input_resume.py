@@ -11,14 +11,9 @@ import torch
 import dualspeed_patch
 from dualspeed_patch import hooks, isolator
 from dualspeed_patch.config import DualSpeedConfig
-from tests.helpers import build_tiny_clip, make_tiny_llava, two_image_batch
+from tests.helpers import make_tiny_llava, two_image_batch
 
 HOOKS_LOGGER = "dualspeed_patch.hooks"
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 @pytest.fixture

@@ -10,15 +10,10 @@ from dualspeed_patch import context, hooks, install, isolator, pruners, run
 from dualspeed_patch.config import DualSpeedConfig, default
 from dualspeed_patch.pruners import budget
 from llava.constants import IMAGE_TOKEN_INDEX
-from tests.helpers import build_tiny_clip, make_tiny_llava, two_image_batch
+from tests.helpers import make_tiny_llava, two_image_batch
 
 K = budget(576, 0.9)
 L = 4
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 @pytest.fixture

@@ -6,15 +6,10 @@ import dualspeed_patch
 from dualspeed_patch import context, isolator
 from dualspeed_patch.pruners import budget, get_pruner
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from tests.helpers import build_tiny_clip, make_tiny_llava
+from tests.helpers import make_tiny_llava
 
 K = budget(576, 0.9)  # 57
 L = 4
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 @pytest.fixture(autouse=True)

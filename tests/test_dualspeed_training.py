@@ -9,12 +9,7 @@ from dualspeed_patch import context, isolator, schedule
 from dualspeed_patch import DualSpeedArguments
 from dualspeed_patch.distill import answer_logits, kl_divergence
 from llava.constants import IGNORE_INDEX
-from tests.helpers import build_tiny_clip, make_tiny_llava, two_image_batch
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
+from tests.helpers import make_tiny_llava, two_image_batch
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import types
 import pytest
 import torch
 
-from tests.helpers import build_tiny_clip
 
 # ---- builders (also run against the code before the change to produce the reference key sets) ----
 
@@ -136,11 +135,6 @@ UPSTREAM_FIELDS = {
     "tokenizer_model_max_length": None, "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False,
     "mm_use_im_start_end": False, "mm_use_im_patch_token": True, "mm_projector_lr": None,
 }
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,9 @@ import pytest
 import torch
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from tests.helpers import build_tiny_clip, make_tiny_llava
+from tests.helpers import make_tiny_llava
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-
-
-@pytest.fixture(scope="module")
-def vision_path(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip-vit-tiny-patch14-336")
 
 
 def make_model(vision_path, merge="flat", **config):
