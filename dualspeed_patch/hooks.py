@@ -327,19 +327,27 @@ def wrap_initialize_vision_modules(original, installation):
     return initialize_vision_modules
 
 
+def load_inference_isolator(model, model_path: str, installation) -> Optional[str]:
+    """Pruned inference with the isolator: put mode_isolator.bin (the model folder's, or the file the runner
+    names) into `model`. Returns the file read, None when the installation's spec asks for no isolator."""
+    spec = installation.inference_spec
+    if spec is None or not spec.isolator:
+        return None
+    path = installation.isolator_path or os.path.join(model_path, isolator_lib.FILENAME)
+    if not isolator_lib.load(model, path):
+        raise FileNotFoundError(f"{path} not found: pruned inference with the isolator needs the "
+                                "mode_isolator.bin saved by DualSpeed training (or pass --no_isolator)")
+    isolator_lib.get(model).to(device=model.device, dtype=model.dtype)
+    return path
+
+
 def wrap_load_pretrained_model(original, installation):
-    """For pruned inference with the isolator: load mode_isolator.bin from the model folder (or the file the
-    runner names) into every model the fork's builder returns."""
+    """For pruned inference with the isolator: load mode_isolator.bin into every model the fork's builder
+    returns."""
     @functools.wraps(original)
     def load_pretrained_model(model_path, *args, **kwargs):
         tokenizer, model, image_processor, context_len = original(model_path, *args, **kwargs)
-        spec = installation.inference_spec
-        if spec is not None and spec.isolator:
-            path = installation.isolator_path or os.path.join(model_path, isolator_lib.FILENAME)
-            if not isolator_lib.load(model, path):
-                raise FileNotFoundError(f"{path} not found: pruned inference with the isolator needs the "
-                                        "mode_isolator.bin saved by DualSpeed training (or pass --no_isolator)")
-            isolator_lib.get(model).to(device=model.device, dtype=model.dtype)
+        load_inference_isolator(model, model_path, installation)
         return tokenizer, model, image_processor, context_len
 
     return load_pretrained_model

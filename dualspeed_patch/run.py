@@ -58,10 +58,28 @@ def configure_inference(args):
     return fork
 
 
+def check_lmms_eval_plugin(args, module_args):
+    """`lmms_eval --model llava_dualspeed` under the runner: the plug-in must be visible to that lmms-eval, and
+    pruning must be asked for in one place only (the runner's flags or the plug-in's model_args)."""
+    from .lmms_eval_plugin import MODEL_ID, PluginUnavailable, check
+
+    if args.module.split(".")[0] != "lmms_eval" or not any(
+            a == MODEL_ID or a == f"--model={MODEL_ID}" for a in module_args):
+        return
+    if args.pruned:
+        raise SystemExit(f"--pruned with lmms-eval's --model {MODEL_ID}: the plug-in prunes by its own model_args "
+                         "(vtp_method=..., pruning_ratio=..., isolator=...); drop --pruned, or use --model llava")
+    try:
+        check()
+    except PluginUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    configure_inference(args)
     module_args = args.module_args[1:] if args.module_args[:1] == ["--"] else args.module_args
+    check_lmms_eval_plugin(args, module_args)
+    configure_inference(args)
     sys.argv = [args.module] + module_args
     runpy.run_module(args.module, run_name="__main__", alter_sys=True)
 

@@ -31,6 +31,29 @@ def make_tiny_llava(vision_path, merge="flat", vocab=64, hidden=32, **config):
     return model
 
 
+def make_eval_checkpoint(assets, folder):
+    """A LLaVA checkpoint from the tiny Llama + tiny CLIP (random projector) with a mode_isolator.bin."""
+    from transformers import AutoTokenizer
+
+    from dualspeed_patch import isolator
+    from llava.model import LlavaLlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlavaLlamaForCausalLM.from_pretrained(assets["model"], dtype=torch.float32)
+    args = types.SimpleNamespace(vision_tower=assets["vision_tower"], mm_vision_select_layer=-2,
+                                 mm_vision_select_feature="patch", pretrain_mm_mlp_adapter=None,
+                                 mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
+    model.get_model().initialize_vision_modules(args)
+    model.config.image_aspect_ratio = "pad"
+    model.config.mm_use_im_start_end = False
+    model.config.mm_use_im_patch_token = False
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(assets["model"]).save_pretrained(folder)
+    isolator.attach(model, 4)
+    isolator.save(model, folder)
+    return str(folder)
+
+
 TINY_FLAGS = ["--per_device_train_batch_size", "4", "--max_steps", "3", "--bf16", "False",
               "--dataloader_num_workers", "0", "--model_max_length", "1024", "--save_steps", "1000"]
 

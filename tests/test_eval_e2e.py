@@ -8,11 +8,10 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
-from tests.helpers import BIN, ROOT
+from tests.helpers import BIN, ROOT, make_eval_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -24,30 +23,6 @@ needs_eval_extra = pytest.mark.skipif(not HAVE_EVAL_EXTRA, reason="needs pandas 
 CKPT = "llava-tiny-eval"
 PRUNED_NAME = CKPT + "_pruned-divprune-r0.9"
 SQA_SUFFIX = "Answer with the option's letter from the given choices directly."
-
-
-def make_eval_checkpoint(assets, folder):
-    """A LLaVA checkpoint from the tiny Llama + tiny CLIP (random projector) with a mode_isolator.bin."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from dualspeed_patch import isolator
-    from llava.model import LlavaLlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlavaLlamaForCausalLM.from_pretrained(assets["model"], dtype=torch.float32)
-    args = types.SimpleNamespace(vision_tower=assets["vision_tower"], mm_vision_select_layer=-2,
-                                 mm_vision_select_feature="patch", pretrain_mm_mlp_adapter=None,
-                                 mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
-    model.get_model().initialize_vision_modules(args)
-    model.config.image_aspect_ratio = "pad"
-    model.config.mm_use_im_start_end = False
-    model.config.mm_use_im_patch_token = False
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(assets["model"]).save_pretrained(folder)
-    isolator.attach(model, 4)
-    isolator.save(model, folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

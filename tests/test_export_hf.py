@@ -193,12 +193,16 @@ def test_export_anyres_matches_ours(tiny_assets, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_lora_merges_like_builder(tiny_assets, tmp_path):
+@pytest.mark.parametrize("give_base", [True, False], ids=["model-base", "recorded-base"])
+def test_export_lora_merges_like_builder(tiny_assets, tmp_path, give_base):
+    """Without --model-base, the base recorded in adapter_config.json (here the tiny LLM's folder) is used."""
     ckpt = _make_lora_checkpoint(tiny_assets, tmp_path / "llava-lora")
     image = _image(tmp_path, (300, 300))
     out = tmp_path / "hf-lora"
-    proc = _export(ckpt, out, "--model-base", tiny_assets["model"])
+    proc = _export(ckpt, out, *(["--model-base", tiny_assets["model"]] if give_base else []))
     assert proc.returncode == 0, proc.stderr[-4000:]
+    recorded = f"using the base recorded in its adapter_config.json, {tiny_assets['model']}"
+    assert (recorded in proc.stderr) != give_base, proc.stderr[-2000:]
     native = _native("LlavaForConditionalGeneration", out, image, tmp_path)
     _check_same(_ours(ckpt, image, model_base=tiny_assets["model"]), native)
     # The merge changed the LLM: the export is not the base model's attention. (Read through the native class:

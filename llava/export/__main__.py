@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-path", required=True,
                         help="checkpoint folder: a full model, or a LoRA / projector-only one with --model-base")
     parser.add_argument("--model-base", default=None,
-                        help="the LLM a LoRA (or projector-only) checkpoint was trained on; merged before export")
+                        help="the LLM a LoRA (or projector-only) checkpoint was trained on; merged before export. "
+                             "Default for LoRA: the local base its adapter_config.json records")
     parser.add_argument("--output", required=True, help="folder to write the native checkpoint to")
     parser.add_argument("--conv-template", default="vicuna_v1", choices=supported_templates(),
                         help="conversation template the model was trained with, written as the processor's chat "

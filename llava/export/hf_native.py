@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from llava.model.builder import resolve_vision_tower
+from llava.model.builder import base_from_adapter_config, resolve_vision_tower
 from llava.export.chat_template import build_chat_template, get_conversation, reference_prompt
 
 # Files of a checkpoint folder the export reads or knows to be training-only; anything else (an extension's
@@ -72,14 +72,18 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith(".") or name.count("/") != 1
 
 
-def check_checkpoint(model_path: str, model_base: Optional[str]) -> dict:
-    """Refuse, with a message naming the folder, what the export cannot handle; returns config.json."""
+def check_checkpoint(model_path: str, model_base: Optional[str]) -> tuple[dict, Optional[str]]:
+    """Refuse, with a message naming the folder, what the export cannot handle. Returns config.json and the
+    model base: a LoRA folder without one uses the local base its adapter_config.json records, as
+    load_pretrained_model does."""
     cfg = _read_config(model_path)
     is_lora = os.path.isfile(os.path.join(model_path, "adapter_config.json"))
     if is_lora:
         if model_base is None:
-            raise ExportError(f"{model_path} is a LoRA checkpoint (adapter_config.json): pass --model-base, the "
-                              "LLM the adapter was trained on.")
+            try:
+                model_base = base_from_adapter_config(model_path)
+            except ValueError as e:
+                raise ExportError(str(e)) from None
         if not os.path.isfile(os.path.join(model_path, "non_lora_trainables.bin")):
             raise ExportError(f"{model_path} is a LoRA checkpoint without non_lora_trainables.bin: the projector "
                               "is saved there, and without it the export would have an untrained projector.")
@@ -115,7 +119,7 @@ def check_checkpoint(model_path: str, model_base: Optional[str]) -> dict:
     if unread:
         print(f"note: {model_path}: not exported (the native classes have no place for them; the exported model "
               f"runs full LLaVA inference): {', '.join(unread)}")
-    return cfg
+    return cfg, model_base
 
 
 def unread_files(model_path: str) -> list:
@@ -331,7 +335,7 @@ def export_to_hf(model_path: str, output: str, model_base: Optional[str] = None,
     from llava.model.builder import load_pretrained_model
 
     get_conversation(conv_template)  # refuse an unsupported template before loading anything
-    raw_cfg = check_checkpoint(model_path, model_base)
+    raw_cfg, model_base = check_checkpoint(model_path, model_base)
     layout = decide_layout(raw_cfg, model_path)
     torch_dtype = _pick_dtype(raw_cfg, dtype)
 

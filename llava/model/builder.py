@@ -98,7 +98,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     # What the caller must pass is checked before what the checkpoint stores (the tower's path), so a missing
     # base is reported as such wherever the command runs from.
     if is_lora and model_base is None:
-        model_base = _base_from_adapter_config(model_path)
+        model_base = base_from_adapter_config(model_path)
     if is_projector_only and model_base is None:
         raise ValueError(f"{model_path} holds only mm_projector.bin: pass --model-base (the LLM it was trained with).")
     stored_tower = getattr(cfg, "mm_vision_tower", None)
@@ -246,7 +246,7 @@ def resolve_vision_tower(stored: str, model_path: str) -> str:
         "mm_vision_tower to the CLIP folder's absolute path.")
 
 
-def _base_from_adapter_config(model_path: str) -> str:
+def base_from_adapter_config(model_path: str) -> str:
     """The base LLM of a LoRA folder loaded without model_base: `base_model_name_or_path` of its
     adapter_config.json (peft writes the path the training run loaded), when that folder exists here."""
     with open(os.path.join(model_path, "adapter_config.json")) as f:
