@@ -21,8 +21,8 @@ PRETRAIN_MODES = ("fast", "fast_slow", "full")
 class DualSpeedConfig:
     dualspeed: bool = field(default=False, metadata={"help": "Enable DualSpeed fast-slow training."})
     vtp_method: str = field(default="divprune", metadata={
-        "help": "Visual token reduction for fast mode: divprune | cdpruner | fastervlm | random | uniform "
-                "(or a plug-in registered with dualspeed_patch.pruners.register)."})
+        "help": "Visual token reduction for fast mode: divprune | cdpruner | fastervlm | random | uniform | duet "
+                "(DUET-VLM stage A) (or a plug-in registered with dualspeed_patch.pruners.register)."})
     pruning_ratio: float = field(default=0.9, metadata={
         "help": "Fraction p of visual tokens dropped in fast mode; k = max(1, floor((1-p)*N)) are kept per image."})
     slow_mode_ratio: float = field(default=0.1, metadata={

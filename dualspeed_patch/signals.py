@@ -9,7 +9,10 @@ one group of equal-length image spans at a time, as a batch over those spans:
 - `text_embeds` (B, T, D) and `text_mask` (B, T): those instruction embeddings themselves, padded;
 - `cls_attention` (B, N): the [CLS] attention of the CLIP layer whose output LLaVA uses, computed from that
   layer's input captured by a forward pre-hook during the fork's own merge (O(N) per image; the tower keeps its
-  SDPA/flash kernels).
+  SDPA/flash kernels);
+- `vision_layer` (`pruners.duet.VisionLayer`): that layer's [CLS] attention (B, N), head-mean patch keys
+  (B, N, dh) and output hidden states (B, 1 + N, Dv), from a pre-hook and a forward hook on it;
+- `projector`: the fork's `mm_projector`, for plug-ins that merge before it.
 
 `register_signal` adds a provider of one's own.
 """
@@ -138,18 +141,26 @@ def _text(batch: SpanBatch, members):
 # ---------------------------------------------------------------------------------------------- CLS attention
 
 class _ClsCapture:
-    def __init__(self):
+    """What a hook on the selected vision layer captured, one entry per tower call: a dict of tensors whose first
+    dimension is the tower's rows (images, or crops) and whose "cls_attention" entry is (rows, N patches)."""
+
+    def __init__(self, signal="cls_attention", plugin="fastervlm"):
         self.per_call = []
+        self.signal, self.plugin = signal, plugin
+
+    def rows(self):
+        """{name: tensor over all rows}, in the order the tower saw the images."""
+        if not self.per_call:
+            raise RuntimeError(f"{self.signal}: no [CLS] attention was captured from the vision tower")
+        return {name: torch.cat([call[name] for call in self.per_call]) for name in self.per_call[0]}
 
     def per_span(self, spans, input_ids, mask_in, image_counts=None, n_images=None):
-        """Map the captured per-image scores to image spans, replaying the fork's image cursor.
+        """{(b, j): row}: the tower row of each image span, replaying the fork's image cursor.
 
         The cursor walks tower rows; it only walks images when each image was one row. `image_counts` (the
         caller's images per sample) replaces guessing from the totals whether text-only samples brought a dummy;
         `n_images` (entries of `images`) detects multi-crop batches."""
-        if not self.per_call:
-            raise RuntimeError("cls_attention: no [CLS] attention was captured from the vision tower")
-        scores = torch.cat(self.per_call)
+        scores = self.rows()["cls_attention"]
         counts = [int(((ids == IMAGE_TOKEN_INDEX) & m.bool()).sum()) for ids, m in zip(input_ids, mask_in)]
         per_sample = self._images_per_sample(scores.shape[0], counts, image_counts, n_images)
         out, cursor = {}, 0
@@ -158,26 +169,25 @@ class _ClsCapture:
                 cursor += per_sample[b]
                 continue
             if len(row) != counts[b]:
-                raise NotImplementedError("cls_attention needs one span per image (adjacent images merged into "
+                raise NotImplementedError(f"{self.signal} needs one span per image (adjacent images merged into "
                                           "one span)")
             for j, (s, e) in enumerate(row):
                 if e - s != scores.shape[1]:
                     raise NotImplementedError(
-                        f"cls_attention scores CLIP patches; this image span has {e - s} tokens, not "
+                        f"{self.signal} scores CLIP patches; this image span has {e - s} tokens, not "
                         f"{scores.shape[1]} (anyres / spatial merges or truncated spans are not supported: use "
                         "divprune or cdpruner)")
-                out[(b, j)] = scores[cursor]
+                out[(b, j)] = cursor
                 cursor += 1
         return out
 
-    @staticmethod
-    def _images_per_sample(rows, counts, image_counts, n_images):
+    def _images_per_sample(self, rows, counts, image_counts, n_images):
         """How many tower rows each sample owns, refusing batches where a row is not one whole image."""
         if n_images is not None and rows != n_images:
             # anyres: each image is 1 + n crops, so the cursor would pair a span with a crop, or with another
             # image's [CLS] attention. Refused before any scoring.
             raise NotImplementedError(
-                f"cls_attention (fastervlm) needs one vision-tower row per image; the tower saw {rows} rows for "
+                f"{self.signal} ({self.plugin}) needs one vision-tower row per image; the tower saw {rows} rows for "
                 f"{n_images} images (anyres / multi-crop images), so a span cannot be paired with its own image's "
                 "[CLS] attention. Use divprune or cdpruner, or a single-crop image_aspect_ratio (pad).")
         if image_counts is not None:
@@ -190,7 +200,7 @@ class _ClsCapture:
             return counts
         # Without n_images this is the only trace of multi-crop images (or a batch the merge should have refused).
         raise NotImplementedError(
-            f"cls_attention (fastervlm): the vision tower saw {rows} rows for {sum(counts)} <image> tokens and "
+            f"{self.signal} ({self.plugin}): the vision tower saw {rows} rows for {sum(counts)} <image> tokens and "
             f"{text_only} text-only samples; multi-crop (anyres) images are not supported. Use divprune or "
             "cdpruner.")
 
@@ -216,7 +226,7 @@ def span_cls_attention(model):
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         with torch.no_grad():
-            capture.per_call.append(clip_cls_attention(module, hidden).float())
+            capture.per_call.append({"cls_attention": clip_cls_attention(module, hidden).float()})
 
     handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -225,12 +235,62 @@ def span_cls_attention(model):
         handle.remove()
 
 
+@contextlib.contextmanager
+def span_vision_layer(model):
+    """The selected layer's CLS attention and head-mean patch keys (from its input, a pre-hook) and its output
+    (a forward hook), per tower row."""
+    from .pruners.fastervlm import clip_cls_attention_and_keys
+
+    capture = _ClsCapture("vision_layer", "duet")
+    layer = _selected_layer(model.get_vision_tower())
+    pending = []
+
+    def before(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        with torch.no_grad():
+            attention, keys = clip_cls_attention_and_keys(module, hidden)
+        pending.append({"cls_attention": attention, "keys": keys[:, 1:].mean(dim=2)})
+
+    def after(module, args, kwargs, output):
+        entry = pending.pop()
+        entry["hidden"] = output[0] if isinstance(output, tuple) else output
+        capture.per_call.append(entry)
+
+    handles = [layer.register_forward_pre_hook(before, with_kwargs=True),
+               layer.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _vision_layer(batch: SpanBatch, members):
+    from .pruners.duet import VisionLayer
+
+    capture = batch.captured["vision_layer"]
+    if "vision_layer_by_span" not in batch.cache:
+        batch.cache["vision_layer_by_span"] = capture.per_span(
+            batch.spans, batch.input_ids, batch.input_mask, batch.image_counts, batch.n_images)
+    rows = capture.rows()
+    index = [batch.cache["vision_layer_by_span"][m] for m in members]
+    return VisionLayer(rows["cls_attention"][index], rows["keys"][index], rows["hidden"][index])
+
+
+def _projector(batch: SpanBatch, members):
+    projector = getattr(batch.model.get_model(), "mm_projector", None)
+    if projector is None:
+        raise RuntimeError("projector: the model has no get_model().mm_projector to project merged tokens with")
+    return projector
+
+
 def _cls_attention(batch: SpanBatch, members):
     if "cls_by_span" not in batch.cache:
         batch.cache["cls_by_span"] = batch.captured["cls_attention"].per_span(
             batch.spans, batch.input_ids, batch.input_mask, batch.image_counts, batch.n_images)
+    rows = batch.captured["cls_attention"].rows()["cls_attention"]
     by_span = batch.cache["cls_by_span"]
-    return torch.stack([by_span[m] for m in members])
+    return rows[[by_span[m] for m in members]]
 
 
 register_signal("seed", lambda batch, members: batch.spec.seed)
@@ -238,3 +298,5 @@ register_signal("relevance", _relevance)
 register_signal("text_embeds", lambda batch, members: _text(batch, members)[0])
 register_signal("text_mask", lambda batch, members: _text(batch, members)[1])
 register_signal("cls_attention", _cls_attention, capture=span_cls_attention)
+register_signal("vision_layer", _vision_layer, capture=span_vision_layer)
+register_signal("projector", _projector)

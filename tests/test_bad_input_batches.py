@@ -187,7 +187,7 @@ def own_cls_attention(model, image):
     """The [CLS] attention of `image` alone, as the capture computes it."""
     with signals.span_cls_attention(model) as capture, torch.no_grad():
         model.encode_images(image[None])
-    return capture.per_call[0]
+    return capture.per_call[0]["cls_attention"]
 
 
 @pytest.mark.parametrize("counts", [None, torch.tensor([1, 1])])

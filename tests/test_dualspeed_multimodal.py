@@ -121,7 +121,7 @@ def test_fast_mode_llm_sees_fewer_tokens_and_grads_reach_projector_and_isolator(
     assert isolator.get(model).weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", ["divprune", "cdpruner", "fastervlm", "random", "uniform"])
+@pytest.mark.parametrize("method", ["divprune", "cdpruner", "fastervlm", "random", "uniform", "duet"])
 def test_every_method_runs_in_the_wrapper(vision_path, method):
     model = model_with_isolator(vision_path)
     ids, mask, labels, images = batch()

@@ -24,6 +24,9 @@ name           keeps                                                 signals dec
 ``uniform``    centred strides in raster order                       none
 =============  ====================================================  =========================
 
+and one ``merge``: ``duet`` (DUET-VLM stage A: [CLS] + dominant patches by [CLS] attention + contextual tokens
+merged onto anchors by key similarity, before the projector; signals ``vision_layer``, ``projector``).
+
 Public API: :func:`register`, :func:`unregister`, :func:`get_reducer`, :func:`get_pruner`, :func:`available`,
 :func:`budget`.
 
@@ -47,7 +50,7 @@ import operator
 from dataclasses import dataclass
 from typing import Callable, Tuple
 
-from . import cdpruner, divprune, fastervlm, random_select, uniform
+from . import cdpruner, divprune, duet, fastervlm, random_select, uniform
 from .common import MissingSignalError
 
 __all__ = ["Reducer", "get_reducer", "get_pruner", "register", "unregister", "available", "budget",
@@ -167,3 +170,4 @@ for _name, _module, _signals in (("divprune", divprune, ()), ("cdpruner", cdprun
                                  ("uniform", uniform, ())):
     register(_name, _module.select, signals=_signals)
 del _name, _module, _signals
+register("duet", duet.merge, kind="merge", signals=duet.SIGNALS)

@@ -75,6 +75,12 @@ def clip_cls_attention(layer: torch.nn.Module, hidden_states: torch.Tensor) -> t
         hidden_states: (B, 1 + N, Dv) input of that layer (CLS first), e.g. ``hidden_states[L]`` of
             ``output_hidden_states=True`` for ``layers[L]``, or captured by a forward pre-hook.
     """
+    return clip_cls_attention_and_keys(layer, hidden_states)[0]
+
+
+@torch.no_grad()
+def clip_cls_attention_and_keys(layer: torch.nn.Module, hidden_states: torch.Tensor):
+    """``clip_cls_attention`` and the layer's keys of every position, (B, 1 + N, heads, head_dim), in fp32."""
     if hidden_states.dim() != 3 or hidden_states.shape[1] < 2:
         raise ValueError("clip_cls_attention: hidden_states must be (B, 1 + N, Dv) with the CLS token "
                          f"first and N >= 1, got {tuple(hidden_states.shape)}")
@@ -95,4 +101,4 @@ def clip_cls_attention(layer: torch.nn.Module, hidden_states: torch.Tensor) -> t
     keys = _linear_fp32(attn.k_proj, z).view(B, L, heads, head_dim)              # (B, 1+N, H, dh)
     logits = torch.einsum("bhd,blhd->bhl", q, keys) * scale                      # (B, H, 1+N)
     probs = torch.softmax(logits, dim=-1)
-    return probs.mean(dim=1)[:, 1:]
+    return probs.mean(dim=1)[:, 1:], keys
