@@ -44,6 +44,16 @@ class DualSpeedConfig:
     mode_log: Optional[str] = field(default=None, metadata={
         "help": "Append the mode of every micro-batch of this rank to this file as JSON lines ('{rank}' in the "
                 "path is replaced by the rank), to check that ranks agree."})
+    # Options of one plug-in (PLUGIN_OPTIONS says whose, and under which keyword they reach its function through
+    # ModeSpec.options); setting one for another --vtp_method is an error, never a no-op.
+    duet_dominant: Optional[int] = field(default=None, metadata={
+        "help": "duet: dominant tokens per image, the [CLS] token included (DUET-LLaVA: 300). Set, the budget is "
+                "counts: dominant + contextual per image instead of --pruning_ratio (leave that at its default)."})
+    duet_contextual: Optional[int] = field(default=None, metadata={
+        "help": "duet: contextual (merged) tokens per image (DUET-LLaVA: 7). Default: DUET's share, 7 of every "
+                "307 tokens of the budget."})
+    duet_cluster_width: int = field(default=4, metadata={
+        "help": "duet: the best width x contextual remaining patches are pre-selected to merge (DUET: 4)."})
     llava_module: str = field(default="llava", metadata={
         "help": "The LLaVA package to patch and train with (ours, upstream llava-torch, or another fork)."})
 
@@ -55,6 +65,7 @@ class DualSpeedConfig:
         NaN, so every bound is written as a positive test)."""
         check_finite_floats(self)
         check_reduction(self.vtp_method, self.pruning_ratio)
+        check_plugin_options(self)
         if not 0.0 <= self.slow_mode_ratio <= 1.0:
             raise ValueError(f"--slow_mode_ratio must be in [0, 1], got {self.slow_mode_ratio}")
         if self.isolator_len < 0:
@@ -79,6 +90,11 @@ class DualSpeedConfig:
         return self.use_isolator and self.isolator_len > 0
 
 
+# field -> (plug-in, keyword of its function). Kept out of the fields' metadata: HfArgumentParser passes
+# metadata to argparse as keyword arguments.
+PLUGIN_OPTIONS = {"duet_dominant": ("duet", "dominant"), "duet_contextual": ("duet", "contextual"),
+                  "duet_cluster_width": ("duet", "cluster_width")}
+
 # The flag-parsing name used by the training entry and by earlier releases.
 DualSpeedArguments = DualSpeedConfig
 
@@ -92,6 +108,42 @@ def check_reduction(method: str, pruning_ratio: float) -> None:
 
     if not isinstance(method, str) or method.strip().lower() not in available():
         raise ValueError(f"--vtp_method {method!r} is not registered; available: {available()}")
+
+
+def plugin_option_fields(method: Optional[str] = None) -> list:
+    """The DualSpeedConfig fields that are options of a plug-in (of `method` only, when given)."""
+    return [f for f in dataclasses.fields(DualSpeedConfig) if f.name in PLUGIN_OPTIONS
+            and (method is None or PLUGIN_OPTIONS[f.name][0] == method.strip().lower())]
+
+
+def plugin_options(obj) -> tuple:
+    """((keyword, value), ...) of the options of obj.vtp_method's plug-in that are set (not None), for
+    ModeSpec.options; `obj` is a DualSpeedConfig or anything with the same attribute names."""
+    return tuple((PLUGIN_OPTIONS[f.name][1], getattr(obj, f.name)) for f in plugin_option_fields(obj.vtp_method)
+                 if getattr(obj, f.name) is not None)
+
+
+def check_plugin_options(obj) -> None:
+    """An option set for another plug-in would do nothing; counts must be counts; a budget is given once."""
+    method = obj.vtp_method.strip().lower()
+    for f in plugin_option_fields():
+        value = getattr(obj, f.name)
+        if value == f.default:
+            continue
+        if PLUGIN_OPTIONS[f.name][0] != method:
+            raise ValueError(f"--{f.name} is an option of --vtp_method {PLUGIN_OPTIONS[f.name][0]}, not of "
+                             f"{obj.vtp_method!r}: it would change nothing")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"--{f.name} must be an integer, got {value!r}")
+    if method != "duet":
+        return
+    for name, low in (("duet_dominant", 1), ("duet_contextual", 0), ("duet_cluster_width", 1)):
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name} must be >= {low}, got {value}")
+    if obj.duet_dominant is not None and obj.pruning_ratio != default("pruning_ratio"):
+        raise ValueError(f"--duet_dominant {obj.duet_dominant} gives the budget as counts, and --pruning_ratio "
+                         f"{obj.pruning_ratio} gives it as a ratio: give one of them")
 
 
 def check_finite(flag: str, value) -> None:

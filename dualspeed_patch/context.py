@@ -29,16 +29,27 @@ class ModeSpec:
     pruning_ratio: float = config_lib.default("pruning_ratio")
     isolator: bool = config_lib.default("use_isolator")
     seed: int = 0  # for stochastic plug-ins (random): combined with the step so reruns repeat
+    options: tuple = ()  # ((keyword, value), ...) for the plug-in, among the options it declares
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
         if self.mode != FULL:
             config_lib.check_reduction(self.method, self.pruning_ratio)
+            from .pruners import get_reducer
+
+            declared = get_reducer(self.method).options
+            unknown = [name for name, _ in self.options if name not in declared]
+            if unknown:
+                raise ValueError(f"--vtp_method {self.method} takes no option {unknown}; it declares "
+                                 f"{list(declared) or 'none'}")
 
     @classmethod
     def from_config(cls, cfg: config_lib.DualSpeedConfig, mode: str, seed: int = 0) -> "ModeSpec":
-        return cls(mode, cfg.vtp_method, cfg.pruning_ratio, cfg.isolator_active, seed)
+        return cls(mode, cfg.vtp_method, cfg.pruning_ratio, cfg.isolator_active, seed,
+                   config_lib.plugin_options(cfg))
 
 
 @dataclass
@@ -79,6 +90,7 @@ def mode(spec: ModeSpec):
 
 def pruned_inference(method: str = config_lib.default("vtp_method"),
                      pruning_ratio: float = config_lib.default("pruning_ratio"),
-                     isolator: bool = config_lib.default("use_isolator"), seed: int = 0):
-    """Context for generate()/forward() on reduced visual tokens (with or without the isolator)."""
-    return mode(ModeSpec(FAST, method, pruning_ratio, isolator, seed))
+                     isolator: bool = config_lib.default("use_isolator"), seed: int = 0, **options):
+    """Context for generate()/forward() on reduced visual tokens (with or without the isolator); `options` go to
+    the plug-in (e.g. `pruned_inference("duet", 0.9, contextual=2)`)."""
+    return mode(ModeSpec(FAST, method, pruning_ratio, isolator, seed, options))

@@ -248,8 +248,9 @@ def changed_flags(saved: dict, cfg) -> List[str]:
         if f.name in IGNORED_ON_RESUME:
             continue
         new = getattr(cfg, f.name)
-        if f.name not in saved:  # a flag added after the checkpoint was written
-            out.append(f"{f.name} (not recorded) -> {new!r}")
+        if f.name not in saved:  # a flag added after the checkpoint was written: a change unless at its default
+            if new != f.default:
+                out.append(f"{f.name} (not recorded) -> {new!r}")
         elif saved[f.name] != new:
             out.append(f"{f.name} {saved[f.name]!r} -> {new!r}")
     return out

@@ -8,17 +8,19 @@ Its model_args are the `llava` model's plus:
     isolator      true (default) | false: put the mode isolator in front of the kept tokens
     isolator_path the mode_isolator.bin to use (default: <pretrained>/mode_isolator.bin)
     seed          seed of stochastic plug-ins (random), default 0
+    duet_dominant, duet_contextual, duet_cluster_width   the duet plug-in's options (as the training flags)
 
 Imported only by lmms-eval (through the path in lmms_eval_plugin.py), never by the rest of the package."""
 from __future__ import annotations
 
 import logging
+import types
 
 from lmms_eval.models.simple.llava import Llava
 
 import dualspeed_patch
 from dualspeed_patch import context, hooks
-from dualspeed_patch.config import default
+from dualspeed_patch.config import check_plugin_options, default, plugin_option_fields, plugin_options
 from dualspeed_patch.lmms_eval_plugin import MODEL_ID
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,14 @@ class LlavaDualSpeed(Llava):
                  vtp_method: str = default("vtp_method"), pruning_ratio: float = default("pruning_ratio"),
                  isolator=True, isolator_path=None, seed: int = 0, **kwargs) -> None:
         pruned, isolator = _switch("pruned", pruned), _switch("isolator", isolator)
+        settings = types.SimpleNamespace(vtp_method=str(vtp_method), pruning_ratio=float(pruning_ratio), **{
+            f.name: kwargs.pop(f.name, f.default) for f in plugin_option_fields()})
         spec = None
         if pruned:
             try:  # the checks training and dualspeed_patch.run apply to the same settings
-                spec = context.ModeSpec(context.FAST, str(vtp_method), float(pruning_ratio), isolator, int(seed))
+                check_plugin_options(settings)
+                spec = context.ModeSpec(context.FAST, settings.vtp_method, settings.pruning_ratio, isolator,
+                                        int(seed), plugin_options(settings))
             except ValueError as e:
                 raise ValueError(f"--model {MODEL_ID}: {e}") from None
         inst = dualspeed_patch.apply(LLAVA_MODULE, training=False)

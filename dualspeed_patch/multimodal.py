@@ -168,15 +168,16 @@ def _reduce(reducer, spec, batch):
     for n, members in groups.items():
         feats = torch.stack([batch.embeds[b, batch.spans[b][j][0]:batch.spans[b][j][1]] for b, j in members])
         signals = signals_lib.gather(batch, members, reducer.signals)
-        k = budget(n, spec.pruning_ratio)
+        options = dict(spec.options)
+        k = reducer.budget(n, spec.pruning_ratio, **options) if reducer.budget else budget(n, spec.pruning_ratio)
         if reducer.kind == "merge":
-            tokens = reducer.fn(feats, k, **signals)
+            tokens = reducer.fn(feats, k, **signals, **options)
             _check_shape(reducer, tokens, (len(members), k, feats.shape[-1]), "tokens [B, k, D]")
             for row, key in enumerate(members):
                 out[key] = tokens[row].to(batch.embeds.dtype)
             continue
         with torch.no_grad():
-            idx = reducer.fn(feats.detach(), k, **signals)
+            idx = reducer.fn(feats.detach(), k, **signals, **options)
         _check_shape(reducer, idx, (len(members), k), "indices [B, k]")
         for row, (b, j) in enumerate(members):
             out[(b, j)] = batch.embeds[b, idx[row].to(batch.embeds.device) + batch.spans[b][j][0]]

@@ -14,7 +14,7 @@ import logging
 import runpy
 import sys
 
-from .config import default, help_of
+from .config import check_plugin_options, default, help_of, plugin_option_fields, plugin_options
 
 logger = logging.getLogger("dualspeed_patch.run")
 
@@ -28,6 +28,8 @@ def build_parser():
                    help="fraction of visual tokens dropped (default: %(default)s)")
     p.add_argument("--no_isolator", action="store_true", help="prune without putting the isolator in front")
     p.add_argument("--isolator_path", default=None, help="mode_isolator.bin to use (default: <model-path>/...)")
+    for f in plugin_option_fields():
+        p.add_argument(f"--{f.name}", type=int, default=f.default, help=f"{f.metadata['help']} (default: %(default)s)")
     p.add_argument("--llava_module", default=default("llava_module"),
                    help="the LLaVA package the eval module belongs to (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic pruners (random)")
@@ -43,9 +45,15 @@ def configure_inference(args):
 
     fork = importlib.import_module(args.llava_module)
     if not args.pruned:
+        given = [flag for flag, value in _reduction_flags(args) if value != _default_of(flag)]
+        if given:
+            raise SystemExit(f"{', '.join('--' + g for g in given)} given without --pruned: full inference would "
+                             "ignore them; add --pruned, or drop them")
         return fork
     try:  # the same validation as training (DualSpeedConfig)
-        spec = context.ModeSpec(context.FAST, args.vtp_method, args.pruning_ratio, not args.no_isolator, args.seed)
+        check_plugin_options(args)
+        spec = context.ModeSpec(context.FAST, args.vtp_method, args.pruning_ratio, not args.no_isolator, args.seed,
+                                plugin_options(args))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     inst = dualspeed_patch.apply(fork, training=False)
@@ -53,8 +61,9 @@ def configure_inference(args):
         raise SystemExit(f"{fork.__name__} has no model.builder.load_pretrained_model to load the isolator "
                          "through; pass --no_isolator or load mode_isolator.bin yourself")
     inst.set_inference(spec, args.isolator_path)
-    logger.warning("Pruned inference: %s, ratio %.2f, isolator %s", args.vtp_method, args.pruning_ratio,
-                   "off" if args.no_isolator else "on")
+    logger.warning("Pruned inference: %s, ratio %.2f, isolator %s%s", args.vtp_method, args.pruning_ratio,
+                   "off" if args.no_isolator else "on",
+                   "".join(f", {name}={value}" for name, value in spec.options))
     return fork
 
 
@@ -73,6 +82,15 @@ def check_lmms_eval_plugin(args, module_args):
         check()
     except PluginUnavailable as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def _reduction_flags(args):
+    names = ["vtp_method", "pruning_ratio", "no_isolator", "isolator_path"] + [f.name for f in plugin_option_fields()]
+    return [(name, getattr(args, name)) for name in names]
+
+
+def _default_of(flag):
+    return build_parser().get_default(flag)
 
 
 def main(argv=None):

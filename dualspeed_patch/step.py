@@ -10,6 +10,8 @@ mode without talking, and a resumed run repeats its modes.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -47,7 +49,7 @@ def slow_step(model, inputs: dict, spec: context.ModeSpec, cfg: DualSpeedConfig)
     """Student on the full sequence (with grad); teacher, without grad, on the reduced sequence that the same
     merge built from the same features (one vision pass)."""
     if spec.mode != context.SLOW:
-        spec = context.ModeSpec(context.SLOW, spec.method, spec.pruning_ratio, spec.isolator, spec.seed)
+        spec = dataclasses.replace(spec, mode=context.SLOW)
     with context.mode(spec) as state:
         outputs = model(**inputs)
     ce = outputs["loss"]

@@ -197,3 +197,58 @@ def test_duet_trains_through_finetune_lora_and_prunes_at_inference(tiny_assets, 
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Pruned inference: duet, ratio 0.90, isolator on" in run.stderr
     assert json.loads(answers.read_text())["question_id"] == 1
+
+
+# ----------------------------------------------------------------------------------------- options and counts
+
+@pytest.mark.parametrize("kw,message", [
+    ({"duet_contextual": 3}, "--duet_contextual is an option of --vtp_method duet, not of 'divprune'"),
+    ({"vtp_method": "duet", "duet_dominant": 300, "pruning_ratio": 0.5}, "give one of them"),
+    ({"vtp_method": "duet", "duet_cluster_width": 0}, "--duet_cluster_width must be >= 1, got 0"),
+    ({"vtp_method": "duet", "duet_dominant": 0}, "--duet_dominant must be >= 1, got 0"),
+    ({"vtp_method": "duet", "duet_contextual": 2.5}, "--duet_contextual must be an integer, got 2.5"),
+])
+def test_option_errors(kw, message):
+    from dualspeed_patch import DualSpeedConfig
+
+    with pytest.raises(ValueError, match=message):
+        DualSpeedConfig(dualspeed=True, **kw)
+
+
+def test_config_options_reach_the_mode_spec():
+    from dualspeed_patch import DualSpeedConfig
+
+    cfg = DualSpeedConfig(dualspeed=True, vtp_method="duet", duet_dominant=300, duet_contextual=7)
+    spec = context.ModeSpec.from_config(cfg, context.FAST)
+    assert spec.options == (("dominant", 300), ("contextual", 7), ("cluster_width", 4))
+    assert context.ModeSpec.from_config(DualSpeedConfig(dualspeed=True), context.FAST).options == ()
+    with pytest.raises(ValueError, match=r"--vtp_method divprune takes no option \['contextual'\]"):
+        context.ModeSpec(context.FAST, "divprune", 0.9, False, 0, {"contextual": 2})
+
+
+@pytest.mark.parametrize("options,kept", [({"dominant": 30, "contextual": 3}, 33), ({"dominant": 300}, 307),
+                                          ({"contextual": 5}, budget(576, 0.9)), ({"dominant": 1, "contextual": 0}, 1)])
+def test_counts_set_the_budget(vision_path, patched, options, kept):
+    model = make_tiny_llava(vision_path)
+    ids, mask, labels, images = _batch()
+    with context.pruned_inference("duet", 0.9, False, **options) as state:
+        _, _, new_mask, _, _, _ = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images)
+    assert new_mask.sum(1).tolist() == [5 + kept, 5] and state.visual_kept == kept
+
+
+def test_a_budget_larger_than_the_span_is_refused(vision_path, patched):
+    model = make_tiny_llava(vision_path)
+    ids, mask, labels, images = _batch()
+    with context.pruned_inference("duet", 0.9, False, dominant=570, contextual=7), pytest.raises(
+            ValueError, match="570 dominant \\+ 7 contextual tokens is larger than this image span of 576 tokens"):
+        model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, labels, images)
+
+
+def test_runner_flags(monkeypatch):
+    from dualspeed_patch import run
+
+    with pytest.raises(SystemExit, match="--duet_contextual given without --pruned"):
+        run.configure_inference(run.build_parser().parse_args(["--duet_contextual", "3", "llava.eval.run_llava"]))
+    with pytest.raises(SystemExit, match="an option of --vtp_method duet, not of 'cdpruner'"):
+        run.configure_inference(run.build_parser().parse_args(
+            ["--pruned", "--vtp_method", "cdpruner", "--duet_dominant", "30", "llava.eval.run_llava"]))

@@ -48,7 +48,7 @@ import math
 import numbers
 import operator
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 from . import cdpruner, divprune, duet, fastervlm, random_select, uniform
 from .common import MissingSignalError
@@ -67,6 +67,8 @@ class Reducer:
     fn: Pruner
     kind: str = "select"
     signals: Tuple[str, ...] = ()
+    options: Tuple[str, ...] = ()        # keywords of fn a user may set (ModeSpec.options)
+    budget: Optional[Callable] = None    # (n, pruning_ratio, **options) -> k; default: budget(n, pruning_ratio)
 
 
 _REGISTRY: dict[str, Reducer] = {}
@@ -102,7 +104,8 @@ def get_pruner(name: str) -> Pruner:
     return get_reducer(name).fn
 
 
-def register(name: str, fn: Pruner | None = None, *, kind: str = "select", signals=(), override: bool = False):
+def register(name: str, fn: Pruner | None = None, *, kind: str = "select", signals=(), options=(),
+             budget_fn: Callable | None = None, override: bool = False):
     """Register ``fn`` as plug-in ``name`` (case-insensitive); usable as a decorator.
 
     ``@register("mine")``, ``register("mine", fn, kind="merge", signals=("relevance",))``. The function must
@@ -129,7 +132,7 @@ def register(name: str, fn: Pruner | None = None, *, kind: str = "select", signa
         if key in _REGISTRY and not override:
             raise ValueError(f"a pruner named {key!r} is already registered; "
                              "pass override=True to replace it")
-        _REGISTRY[key] = Reducer(key, func, kind, signals)
+        _REGISTRY[key] = Reducer(key, func, kind, signals, tuple(options), budget_fn)
         return func
 
     return _do if fn is None else _do(fn)
@@ -170,4 +173,4 @@ for _name, _module, _signals in (("divprune", divprune, ()), ("cdpruner", cdprun
                                  ("uniform", uniform, ())):
     register(_name, _module.select, signals=_signals)
 del _name, _module, _signals
-register("duet", duet.merge, kind="merge", signals=duet.SIGNALS)
+register("duet", duet.merge, kind="merge", signals=duet.SIGNALS, options=duet.OPTIONS, budget_fn=duet.budget)

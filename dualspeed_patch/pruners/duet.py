@@ -13,8 +13,9 @@ On the selected CLIP layer (the one whose output LLaVA reads, ``mm_vision_select
 5. the output, in CLIP space, is ``[CLS, dominant patches in raster order, contextual tokens]``, which goes
    through the projector here (with its gradient), so the merge happens where DUET merges: before the projector.
 
-The budget ``k`` comes from ``--pruning_ratio`` like every other plug-in. ``k2`` is DUET's 7 of 307 share
-of ``k`` (rounded; 7 at k = 307, 1 at k = 57) unless ``contextual`` is given; ``cluster_width`` ``w`` is 4.
+The budget ``k`` comes from ``--pruning_ratio`` like every other plug-in, or from the counts ``dominant`` +
+``contextual`` (``--duet_dominant``, ``--duet_contextual``). ``k2`` is DUET's 7 of 307 share of ``k`` (rounded; 7
+at k = 307, 1 at k = 57) unless ``contextual`` is given; ``cluster_width`` ``w`` is 4 (``--duet_cluster_width``).
 
 Signals: ``vision_layer`` (the selected layer's [CLS] attention, head-mean keys and output hidden states,
 captured by hooks on that layer during the fork's own vision pass: the tower keeps its SDPA/flash kernels) and
@@ -29,9 +30,11 @@ import torch.nn.functional as F
 
 from .common import MissingSignalError, check_features
 
-__all__ = ["merge", "split_budget", "VisionLayer", "SIGNALS", "CONTEXTUAL_SHARE", "CLUSTER_WIDTH"]
+__all__ = ["merge", "budget", "split_budget", "VisionLayer", "SIGNALS", "OPTIONS", "CONTEXTUAL_SHARE",
+           "CLUSTER_WIDTH"]
 
 SIGNALS = ("vision_layer", "projector")
+OPTIONS = ("dominant", "contextual", "cluster_width")  # --duet_dominant, --duet_contextual, --duet_cluster_width
 CONTEXTUAL_SHARE = 7 / 307  # DUET-LLaVA's default 300 dominant (CLS included) + 7 contextual
 CLUSTER_WIDTH = 4
 
@@ -44,11 +47,30 @@ class VisionLayer:
     hidden: torch.Tensor         # (B, 1 + N, Dv) the layer's output, CLS first (what the projector reads)
 
 
-def split_budget(k: int, contextual: int | None = None) -> tuple[int, int]:
+def budget(n: int, pruning_ratio: float, dominant: int | None = None, contextual: int | None = None,
+           **_) -> int:
+    """Tokens kept of a span of n: from the ratio like every plug-in, or the counts dominant + contextual
+    (contextual: DUET's share of the dominant count when not given)."""
+    if dominant is None:
+        from . import budget as ratio_budget
+
+        return ratio_budget(n, pruning_ratio)
+    k = dominant + (round(dominant * CONTEXTUAL_SHARE / (1 - CONTEXTUAL_SHARE)) if contextual is None
+                    else contextual)
+    if k > n:
+        raise ValueError(f"duet: a budget of {dominant} dominant + {k - dominant} contextual tokens is larger than "
+                         f"this image span of {n} tokens")
+    return k
+
+
+def split_budget(k: int, contextual: int | None = None, dominant: int | None = None) -> tuple[int, int]:
     """(k1 dominant including CLS, k2 contextual) for a budget of k tokens."""
     if k < 1:
         raise ValueError(f"duet: the budget must keep at least the CLS token, got k={k}")
-    k2 = round(k * CONTEXTUAL_SHARE) if contextual is None else int(contextual)
+    if dominant is not None:
+        k2 = k - dominant
+    else:
+        k2 = round(k * CONTEXTUAL_SHARE) if contextual is None else int(contextual)
     if not 0 <= k2 < k:
         raise ValueError(f"duet: {k2} contextual tokens do not fit a budget of {k} (the CLS token is always kept)")
     return k - k2, k2
@@ -69,12 +91,13 @@ def _check(features, k, vision_layer, projector):
 
 
 def merge(features: torch.Tensor, k: int, *, vision_layer: VisionLayer | None = None, projector=None,
-          contextual: int | None = None, cluster_width: int = CLUSTER_WIDTH, **signals) -> torch.Tensor:
+          dominant: int | None = None, contextual: int | None = None, cluster_width: int = CLUSTER_WIDTH,
+          **signals) -> torch.Tensor:
     """(B, k, D) tokens: ``projector([CLS, dominant in raster order, contextual])`` (see the module docstring)."""
     B, N, k = _check(features, k, vision_layer, projector)
     if cluster_width < 1:
         raise ValueError(f"duet: cluster_width must be >= 1, got {cluster_width}")
-    k1, k2 = split_budget(k, contextual)
+    k1, k2 = split_budget(k, contextual, dominant)
     hidden = vision_layer.hidden
     with torch.no_grad():
         # Stable descending order: ties go to the lower index, so reruns keep the same tokens.
