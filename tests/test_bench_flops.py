@@ -70,3 +70,18 @@ def test_bench_step_tiny_prints_the_table():
     for row in ("baseline step", "fast step", "slow step", "pruned teacher forward", "pruner batched"):
         assert row in proc.stdout
     assert "of the ceiling" in proc.stdout
+
+
+def test_duet_stage_a_flops_need_the_vit_and_projector_shapes():
+    from dualspeed_lab.bench import flops as fm
+
+    with pytest.raises(ValueError, match="needs shapes"):
+        fm.pruner_flops(576, 57, 4096, "duet")
+    s = fm.LLAVA15_7B
+    duet = fm.pruner_flops(576, 57, s.llm.hidden, "duet", s)
+    # one ViT layer's keys over 577 tokens (1024 wide) plus the projector on 57 tokens, fwd + bwd
+    keys = 2.0 * 577 * 1024 * 1024
+    projector = sum(fm.projector_flops(s.projector, 57, grad=True))
+    assert keys + projector < duet < 1.1 * (keys + projector)
+    ceil = fm.ceilings(s, T=128, method="duet")
+    assert ceil["fast_speedup"] == pytest.approx(fm.ceilings(s, T=128, method="divprune")["fast_speedup"], rel=0.02)

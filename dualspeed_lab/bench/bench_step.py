@@ -265,15 +265,32 @@ def device_name(device):
     return f"CPU {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
-def pruner_signals(method, B, N, device, seed):
+def pruner_signals(method, B, N, device, seed, model=None):
     g = torch.Generator().manual_seed(seed + 1)
     if method == "fastervlm":
         return {"cls_attention": torch.softmax(torch.randn(B, N, generator=g), dim=-1).to(device)}
+    if method == "duet":  # random signals of the real shapes; the projector is the model's own
+        from dualspeed_patch.pruners.duet import VisionLayer
+
+        projector = model.get_model().mm_projector
+        dv, dtype = projector[0].in_features, projector[0].weight.dtype
+        layer = VisionLayer(torch.softmax(torch.randn(B, N, generator=g), dim=-1).to(device),
+                            torch.randn(B, N, 64, generator=g).to(device),
+                            torch.randn(B, N + 1, dv, generator=g).to(device, dtype))
+        return {"vision_layer": layer, "projector": projector}
     return {"seed": seed}
 
 
 def _slice(sig, i):
-    return {key: (val[i:i + 1] if isinstance(val, torch.Tensor) else val) for key, val in sig.items()}
+    from dualspeed_patch.pruners.duet import VisionLayer
+
+    def one(val):
+        if isinstance(val, torch.Tensor):
+            return val[i:i + 1]
+        if isinstance(val, VisionLayer):
+            return VisionLayer(val.cls_attention[i:i + 1], val.keys[i:i + 1], val.hidden[i:i + 1])
+        return val
+    return {key: one(val) for key, val in sig.items()}
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -337,7 +354,7 @@ def run(args):
                                ckpt=args.grad_ckpt, attn=fattn, method=args.method, answer_tokens=T - T // 2)
     base_fwd_flops = flop_model.step_flops(shapes, T, N, fstage, batch=B, ckpt=args.grad_ckpt, attn=fattn,
                                            grad=False)["total"]
-    prune_flops = flop_model.pruner_flops(N, k, shapes.llm.hidden, args.method)
+    prune_flops = flop_model.pruner_flops(N, k, shapes.llm.hidden, args.method, shapes)
 
     timer = Timer(device, args.repeats, args.warmup)
 
@@ -362,7 +379,7 @@ def run(args):
             model(inputs_embeds=t_embeds, attention_mask=t_mask, labels=t_labels)
 
     select = pruners.get_pruner(args.method)
-    sig = pruner_signals(args.method, B, N, device, args.seed)
+    sig = pruner_signals(args.method, B, N, device, args.seed, model)
 
     def pruner_batched(x=feats, s=sig):
         return lambda: select(x, k, **s)
@@ -386,7 +403,7 @@ def run(args):
     if many:
         g = torch.Generator().manual_seed(args.seed + 2)
         big = torch.randn(many, N, shapes.llm.hidden, generator=g).to(device=device, dtype=dtype)
-        big_sig = pruner_signals(args.method, many, N, device, args.seed)
+        big_sig = pruner_signals(args.method, many, N, device, args.seed, model)
         ms[f"pruner batched x{many}"] = timer(f"pruner batched x{many}", pruner_batched(big, big_sig))
         ms[f"pruner loop x{many}"] = timer(f"pruner loop x{many}", pruner_loop(big, big_sig))
         del big

@@ -226,9 +226,17 @@ def kept_tokens(N: int, p: float) -> int:
     return max(1, min(N, math.floor((1.0 - p) * N + 1e-6)))
 
 
-def pruner_flops(N: int, k: int, d: int, method: str = "divprune") -> float:
-    """FLOPs of pruning ONE image span of N tokens of width d down to k tokens."""
+def pruner_flops(N: int, k: int, d: int, method: str = "divprune", shapes: Optional["Shapes"] = None) -> float:
+    """FLOPs of pruning ONE image span of N tokens of width d down to k tokens (duet needs `shapes`)."""
     method = method.lower()
+    if method == "duet":          # DUET stage A: recompute CLS row + keys of one ViT layer, merge, re-project k
+        if shapes is None:
+            raise ValueError("pruner_flops('duet') needs shapes= (ViT width and projector)")
+        dv, k2 = shapes.vit.width, max(1, round(k * 7 / 307))
+        members = 3 * k2                                   # cluster width 4: 4 * k2 pre-selected, k2 anchors
+        select = 2.0 * (N + 1) * dv * dv + 2.0 * dv * dv + 2.0 * (N + 1) * dv + 5.0 * (N + 1) * dv
+        merge = 4.0 * members * k2 * dv
+        return select + merge + sum(projector_flops(shapes.projector, k, grad=True))
     if method == "divprune":
         return 3.0 * N * d + 2.0 * N * N * d + 1.0 * N * N + 3.0 * N * (k - 1)
     if method == "cdpruner":      # Gram + relevance-weighted kernel + greedy MAP (k steps of O(N * step))
@@ -284,7 +292,7 @@ def ceilings(shapes: Shapes, T: float, N: Optional[int] = None, p: float = 0.9, 
                   lora_rank=lora_rank, attn=attn)
     base = step_flops(shapes, T, vis_full, **common)
     fast = step_flops(shapes, T, vis_fast, **common)
-    prune = batch * images_per_sample * pruner_flops(N, k, shapes.llm.hidden, method)
+    prune = batch * images_per_sample * pruner_flops(N, k, shapes.llm.hidden, method, shapes)
     fast["pruner"] = prune
     fast["total"] += prune
     teacher = step_flops(shapes, T, vis_fast, grad=False, vision=False, **common)

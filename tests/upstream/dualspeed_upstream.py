@@ -45,6 +45,7 @@ def main():
     model(**batch)
     hook.remove()
     assert seen[0] == seen[1] - (576 - k - 4), seen
+    full_length = seen[1]
     loss.backward()
     assert isolator.get(model).weight.grad.abs().sum() > 0
     print(f"PASS fast_step llm_tokens={seen[0]} full={seen[1]} loss={loss.item():.4f}")
@@ -86,6 +87,31 @@ def main():
                                         do_sample=False)
     assert torch.equal(out, by_hand), (out, by_hand)
     print(f"PASS pruned_generate tokens={out.tolist()}")
+
+    # DUET stage A: hooks on upstream's CLIP layer (transformers 4.37 nests it under vision_model and returns
+    # tuples), merged before upstream's projector, with counts as options; then pruned generation with it
+    model.train()
+    model.zero_grad()
+    seen = []
+    hook = model.get_model().layers[0].register_forward_pre_hook(
+        lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).shape[1]), with_kwargs=True)
+    dualspeed_patch.configure(DualSpeedArguments(dualspeed=True, slow_mode_ratio=0.0, vtp_method="duet",
+                                                 duet_dominant=30, duet_contextual=3))
+    loss = trainer.compute_loss(model, batch)
+    hook.remove()
+    assert seen == [full_length - (576 - 33 - 4)], (seen, full_length)
+    loss.backward()
+    assert model.get_model().mm_projector[0].weight.grad.abs().sum() > 0
+    model.eval()
+    with dualspeed_patch.pruned_inference("duet", 0.9, isolator=True, dominant=30, contextual=3):
+        out = model.generate(ids, images=image, max_new_tokens=4, do_sample=False)
+        _, _, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(ids, None, None, None, None, image)
+    assert embeds.shape[1] == ids.shape[1] - 1 + 4 + 33, embeds.shape
+    by_hand = LlamaForCausalLM.generate(model, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4,
+                                        do_sample=False)
+    assert torch.equal(out, by_hand), (out, by_hand)
+    print(f"PASS duet_stage_a llm_tokens={seen[0]} full={full_length} tokens={out.tolist()}")
+    dualspeed_patch.configure(None)
 
     # our training entry on upstream's train(): pretrain with DualSpeed writes mode_isolator.bin
     dualspeed_patch.configure(None)
