@@ -20,6 +20,7 @@ import torch
 from . import context, schedule
 from .config import DualSpeedConfig
 from .distill import slow_mode_loss
+from .lm_forward import plain_language_model
 
 
 @dataclass
@@ -56,7 +57,8 @@ def slow_step(model, inputs: dict, spec: context.ModeSpec, cfg: DualSpeedConfig)
     loss, kl = ce, None
     if cfg.use_distillation:  # validation refuses alpha <= 0 while distillation is on
         teacher_in = state.teacher
-        with torch.no_grad(), context.mode(context.ModeSpec(context.FULL)):
+        # Through the transformers LM class, not the fork's forward (lm_forward.py says why).
+        with torch.no_grad(), context.mode(context.ModeSpec(context.FULL)), plain_language_model(model):
             teacher = model(inputs_embeds=teacher_in.inputs_embeds, attention_mask=teacher_in.attention_mask,
                             labels=teacher_in.labels)
         loss, kl = slow_mode_loss(ce, outputs["logits"], teacher["logits"], state.full_labels, teacher_in.labels,

@@ -1,6 +1,9 @@
 """DualSpeed training pieces: schedule, distillation loss, the patched compute_loss, isolator files, args."""
 
+import types
+
 import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -182,3 +185,29 @@ def test_apply_refuses_a_package_without_the_llava_interface(tmp_path, monkeypat
     with pytest.raises(TypeError, match="LlavaMetaForCausalLM"):
         dualspeed_patch.apply("notllava")
     assert not dualspeed_patch.is_applied()
+
+
+def test_slow_step_teacher_does_not_need_the_forks_forward(vision_path, tmp_path, patched):
+    """A LLaVA-1.1-style forward re-runs the merge on every call and refuses embeddings without images; the
+    slow step's teacher goes through the transformers LM class instead, and the loss is the same."""
+    model = make_tiny_llava(vision_path).train()
+    isolator.attach(model, 4)
+    inputs = two_image_batch()
+    dualspeed_patch.configure(DualSpeedArguments(dualspeed=True, slow_mode_ratio=1.0))
+    expected = _trainer(model, tmp_path).compute_loss(model, inputs)
+
+    own_forward = type(model).forward
+
+    def llava_11_forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, images=None,
+                         **kwargs):
+        if input_ids is None and images is None:
+            raise ValueError("You have to specify either decoder_input_ids or decoder_inputs_embeds")
+        return own_forward(self, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                           labels=labels, images=images, **kwargs)
+
+    model.forward = types.MethodType(llava_11_forward, model)
+    with pytest.raises(ValueError, match="decoder_inputs_embeds"):  # what the teacher call used to hit
+        model(inputs_embeds=torch.zeros(1, 3, model.config.hidden_size))
+    got = _trainer(model, tmp_path / "b").compute_loss(model, inputs)
+    torch.testing.assert_close(got, expected)
+    assert model.forward.__func__ is llava_11_forward  # the fork's forward is back after the step

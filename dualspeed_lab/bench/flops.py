@@ -226,17 +226,23 @@ def kept_tokens(N: int, p: float) -> int:
     return max(1, min(N, math.floor((1.0 - p) * N + 1e-6)))
 
 
-def pruner_flops(N: int, k: int, d: int, method: str = "divprune", shapes: Optional["Shapes"] = None) -> float:
-    """FLOPs of pruning ONE image span of N tokens of width d down to k tokens (duet needs `shapes`)."""
+def pruner_flops(N: int, k: int, d: int, method: str = "divprune", shapes: Optional["Shapes"] = None,
+                 call_only: bool = False) -> float:
+    """FLOPs of pruning ONE image span of N tokens of width d down to k tokens (duet needs `shapes`).
+
+    duet's work is in two places: the hook on the ViT layer (its CLS row and keys, during the vision pass) and
+    the plug-in call (merge, projector forward on k tokens; the projector's backward on them in training).
+    call_only=True counts the plug-in call's forward alone (what a timed call of the function runs)."""
     method = method.lower()
-    if method == "duet":          # DUET stage A: recompute CLS row + keys of one ViT layer, merge, re-project k
+    if method == "duet":
         if shapes is None:
             raise ValueError("pruner_flops('duet') needs shapes= (ViT width and projector)")
         dv, k2 = shapes.vit.width, max(1, round(k * 7 / 307))
         members = 3 * k2                                   # cluster width 4: 4 * k2 pre-selected, k2 anchors
-        select = 2.0 * (N + 1) * dv * dv + 2.0 * dv * dv + 2.0 * (N + 1) * dv + 5.0 * (N + 1) * dv
+        hook = 2.0 * (N + 1) * dv * dv + 2.0 * dv * dv + 2.0 * (N + 1) * dv + 5.0 * (N + 1) * dv
         merge = 4.0 * members * k2 * dv
-        return select + merge + sum(projector_flops(shapes.projector, k, grad=True))
+        fwd, bwd = projector_flops(shapes.projector, k, grad=True)
+        return merge + fwd if call_only else hook + merge + fwd + bwd
     if method == "divprune":
         return 3.0 * N * d + 2.0 * N * N * d + 1.0 * N * N + 3.0 * N * (k - 1)
     if method == "cdpruner":      # Gram + relevance-weighted kernel + greedy MAP (k steps of O(N * step))
