@@ -140,19 +140,23 @@ def _text(batch: SpanBatch, members):
 
 # ---------------------------------------------------------------------------------------------- CLS attention
 
-class _ClsCapture:
+class _LayerCapture:
     """What a hook on the selected vision layer captured, one entry per tower call: a dict of tensors whose first
     dimension is the tower's rows (images, or crops) and whose "cls_attention" entry is (rows, N patches)."""
 
     def __init__(self, signal="cls_attention", plugin="fastervlm"):
         self.per_call = []
         self.signal, self.plugin = signal, plugin
+        self._rows = None
 
     def rows(self):
-        """{name: tensor over all rows}, in the order the tower saw the images."""
+        """{name: tensor over all rows}, in the order the tower saw the images (concatenated once: the tower
+        has run by the time a plug-in's signals are gathered)."""
         if not self.per_call:
             raise RuntimeError(f"{self.signal}: no [CLS] attention was captured from the vision tower")
-        return {name: torch.cat([call[name] for call in self.per_call]) for name in self.per_call[0]}
+        if self._rows is None:
+            self._rows = {name: torch.cat([call[name] for call in self.per_call]) for name in self.per_call[0]}
+        return self._rows
 
     def per_span(self, spans, input_ids, mask_in, image_counts=None, n_images=None):
         """{(b, j): row}: the tower row of each image span, replaying the fork's image cursor.
@@ -187,9 +191,9 @@ class _ClsCapture:
             # anyres: each image is 1 + n crops, so the cursor would pair a span with a crop, or with another
             # image's [CLS] attention. Refused before any scoring.
             raise NotImplementedError(
-                f"{self.signal} ({self.plugin}) needs one vision-tower row per image; the tower saw {rows} rows for "
-                f"{n_images} images (anyres / multi-crop images), so a span cannot be paired with its own image's "
-                "[CLS] attention. Use divprune or cdpruner, or a single-crop image_aspect_ratio (pad).")
+                f"{self.signal} ({self.plugin}) needs one vision-tower row per image; the tower saw {rows} rows "
+                f"for {n_images} images (anyres / multi-crop images), so a span cannot be paired with its own "
+                "image's [CLS] attention. Use divprune or cdpruner, or a single-crop image_aspect_ratio (pad).")
         if image_counts is not None:
             return [int(c) for c in (image_counts.tolist() if isinstance(image_counts, torch.Tensor)
                                      else image_counts)]
@@ -200,8 +204,8 @@ class _ClsCapture:
             return counts
         # Without n_images this is the only trace of multi-crop images (or a batch the merge should have refused).
         raise NotImplementedError(
-            f"{self.signal} ({self.plugin}): the vision tower saw {rows} rows for {sum(counts)} <image> tokens and "
-            f"{text_only} text-only samples; multi-crop (anyres) images are not supported. Use divprune or "
+            f"{self.signal} ({self.plugin}): the vision tower saw {rows} rows for {sum(counts)} <image> tokens "
+            f"and {text_only} text-only samples; multi-crop (anyres) images are not supported. Use divprune or "
             "cdpruner.")
 
 
@@ -220,7 +224,7 @@ def _selected_layer(tower):
 def span_cls_attention(model):
     from .pruners.fastervlm import clip_cls_attention
 
-    capture = _ClsCapture()
+    capture = _LayerCapture()
     layer = _selected_layer(model.get_vision_tower())
 
     def hook(module, args, kwargs):
@@ -241,7 +245,7 @@ def span_vision_layer(model):
     (a forward hook), per tower row."""
     from .pruners.fastervlm import clip_cls_attention_and_keys
 
-    capture = _ClsCapture("vision_layer", "duet")
+    capture = _LayerCapture("vision_layer", "duet")
     layer = _selected_layer(model.get_vision_tower())
     pending = []
 
