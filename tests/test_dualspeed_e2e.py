@@ -40,11 +40,13 @@ def _modes(path):
         return [(r["step"], r["micro"], r["mode"]) for r in map(json.loads, f)]
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_two_cpu_ranks_agree_on_every_mode(ds_pretrain, tiny_assets, tmp_path, zero):
+@pytest.mark.parametrize("zero,method", [("zero2", "divprune"), ("zero3", "divprune"), ("zero3", "duet")])
+def test_two_cpu_ranks_agree_on_every_mode(ds_pretrain, tiny_assets, tmp_path, zero, method):
+    """duet on ZeRO-3: its merge calls the (partitioned) projector inside the merge wrapper."""
     pretrain, _ = ds_pretrain
-    out = tmp_path / f"lora-{zero}"
-    launcher = f"{os.path.join(BIN, 'deepspeed')} --num_gpus 2 --master_port {29600 + (zero == 'zero3')}"
+    out = tmp_path / f"lora-{zero}-{method}"
+    port = 29600 + (zero == "zero3") + 2 * (method == "duet")
+    launcher = f"{os.path.join(BIN, 'deepspeed')} --num_gpus 2 --master_port {port}"
     config = "zero3_no_inflight.json" if zero == "zero3" else "zero2.json"
     log_path = str(tmp_path / "modes.{rank}.jsonl")
     proc = run_script("finetune_lora.sh", tiny_assets, out, launcher=launcher,
@@ -52,7 +54,7 @@ def test_two_cpu_ranks_agree_on_every_mode(ds_pretrain, tiny_assets, tmp_path, z
                       PRETRAIN_MM_MLP_ADAPTER=str(pretrain / "mm_projector.bin"),
                       extra=["--dualspeed", "True", "--slow_mode_ratio", "0.5", "--mode_log", log_path,
                              "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-                             "--max_steps", "3"])
+                             "--max_steps", "3", "--vtp_method", method])
     assert "world_size=2" in proc.stdout + proc.stderr
     rank0, rank1 = _modes(log_path.format(rank=0)), _modes(log_path.format(rank=1))
     assert rank0 == rank1 and len(rank0) == 6
