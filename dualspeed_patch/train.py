@@ -49,7 +49,9 @@ def warn_if_resuming_a_dualspeed_run_without_it(ds_args, fork_argv) -> None:
         hooks.check_resumed_flags(ds_args, folder)
 
 
-def main(argv=None, attn_implementation=None):
+def main(argv=None, attn_implementation=None, end_process=False):
+    """Train with the fork's train(); `end_process` (the script entry) then lets the fork end a CPU DeepSpeed
+    rank its own way when it has one (ours: llava.train.cpu_distributed.end_cpu_rank_process)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     wants_help = any(a in ("-h", "--help") for a in argv)
     if wants_help:
@@ -72,9 +74,14 @@ def main(argv=None, attn_implementation=None):
     train_module = importlib.import_module(f"{fork.__name__}.train.train")
     sys.argv = [sys.argv[0]] + remaining + (["--help"] if wants_help else [])
     if attn_implementation is None:
-        return train_module.train()
-    return train_module.train(attn_implementation=attn_implementation)
+        trainer = train_module.train()
+    else:
+        trainer = train_module.train(attn_implementation=attn_implementation)
+    end = getattr(train_module, "end_cpu_rank_process", None)
+    if end_process and callable(end):
+        end()
+    return trainer
 
 
 if __name__ == "__main__":
-    main()
+    main(end_process=True)

@@ -126,6 +126,22 @@ def shutdown_distributed() -> None:
     dist.destroy_process_group()
 
 
+def end_cpu_rank_process(code: int = 0) -> None:
+    """End a CPU DeepSpeed rank (the launcher's gloo test bed) right after a finished run: flush what was
+    written and leave with os._exit, skipping the interpreter's teardown. Even after shutdown_distributed, that
+    teardown sometimes aborts one rank in C++ ("terminate called without an active exception", exit -6), and
+    the launcher then reports a finished, saved run as failed. Elsewhere (GPU ranks, a single process) this
+    does nothing and the interpreter exits as usual."""
+    if os.environ.get("LLAVA_CPU_DEEPSPEED") != "1":
+        return
+    import logging as _logging
+
+    _logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class CollectiveTimeoutError(RuntimeError):
     """A collective waited --ddp_timeout for another rank; raised from the backend's own error."""
 

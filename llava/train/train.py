@@ -18,8 +18,8 @@ from llava.model import LlavaLlamaForCausalLM, LlavaMistralForCausalLM
 from llava.model.attention import pick_attn_implementation
 
 from .arguments import DataArguments, ModelArguments, TrainingArguments
-from .cpu_distributed import (check_group_timeout, explain_collective_timeouts, maybe_setup_cpu_deepspeed,
-                              shutdown_distributed)
+from .cpu_distributed import (check_group_timeout, end_cpu_rank_process, explain_collective_timeouts,
+                              maybe_setup_cpu_deepspeed, shutdown_distributed)
 from .dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset, make_supervised_data_module
 from .images import record_tower_geometry
 from .llava_trainer import (LLaVATrainer, find_all_linear_names, get_mm_adapter_state_maybe_zero_3,
@@ -286,3 +286,4 @@ def train(attn_implementation=None):
 
 if __name__ == "__main__":
     train()
+    end_cpu_rank_process()
