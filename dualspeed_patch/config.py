@@ -54,6 +54,17 @@ class DualSpeedConfig:
                 "307 tokens of the budget."})
     duet_cluster_width: int = field(default=4, metadata={
         "help": "duet: the best width x contextual remaining patches are pre-selected to merge (DUET: 4)."})
+    # DUET-VLM stage B: not a plug-in option, it applies after any --vtp_method (stage A is --vtp_method duet).
+    duet_stage_b: bool = field(default=False, metadata={
+        "help": "DUET-VLM stage B in reduced forwards: after the configured decoder layers, keep the visual tokens "
+                "the text queries attend to most and continue with the shorter sequence (default schedule: after "
+                "1/2 and 3/4 of the depth, keeping 0.5 and 0.0 of the visual tokens that entered the LLM)."})
+    duet_stage_b_layers: Optional[str] = field(default=None, metadata={
+        "help": "duet stage B: comma-separated decoder layers after which to drop, strictly increasing (DUET on "
+                "32 layers: 16,24; default: the same fractions of this LLM's depth)."})
+    duet_stage_b_ratios: Optional[str] = field(default=None, metadata={
+        "help": "duet stage B: comma-separated keep ratios, one per drop layer, in [0, 1] and not increasing, of "
+                "each sample's visual tokens at the LLM's input (default: 0.5,0.0)."})
     llava_module: str = field(default="llava", metadata={
         "help": "The LLaVA package to patch and train with (ours, upstream llava-torch, or another fork)."})
 
@@ -66,6 +77,7 @@ class DualSpeedConfig:
         check_finite_floats(self)
         check_reduction(self.vtp_method, self.pruning_ratio)
         check_plugin_options(self)
+        self.stage_b_spec()
         if not 0.0 <= self.slow_mode_ratio <= 1.0:
             raise ValueError(f"--slow_mode_ratio must be in [0, 1], got {self.slow_mode_ratio}")
         if self.isolator_len < 0:
@@ -84,6 +96,10 @@ class DualSpeedConfig:
             raise ValueError(f"--distill_alpha must be >= 0, got {self.distill_alpha}")
         if not self.distill_temperature > 0:  # the logits are divided by it
             raise ValueError(f"--distill_temperature must be > 0, got {self.distill_temperature}{off}")
+
+    def stage_b_spec(self):
+        """The LayerDropSpec of --duet_stage_b (None when off)."""
+        return stage_b_spec(self)
 
     @property
     def isolator_active(self) -> bool:
@@ -144,6 +160,25 @@ def check_plugin_options(obj) -> None:
     if obj.duet_dominant is not None and obj.pruning_ratio != default("pruning_ratio"):
         raise ValueError(f"--duet_dominant {obj.duet_dominant} gives the budget as counts, and --pruning_ratio "
                          f"{obj.pruning_ratio} gives it as a ratio: give one of them")
+
+
+STAGE_B_FIELDS = ("duet_stage_b", "duet_stage_b_layers", "duet_stage_b_ratios")
+
+
+def stage_b_spec(obj):
+    """The LayerDropSpec that obj's --duet_stage_b* settings ask for (None when stage B is off); `obj` is a
+    DualSpeedConfig or anything with the same attribute names. A schedule given without the switch is an
+    error: it would change nothing."""
+    from .layer_drop import DEFAULT_RATIOS, LayerDropSpec, parse_list
+
+    layers = parse_list("duet_stage_b_layers", getattr(obj, "duet_stage_b_layers", None), int)
+    ratios = parse_list("duet_stage_b_ratios", getattr(obj, "duet_stage_b_ratios", None), float)
+    if not getattr(obj, "duet_stage_b", False):
+        if layers is not None or ratios is not None:
+            raise ValueError("--duet_stage_b_layers / --duet_stage_b_ratios give stage B's schedule, but stage B is "
+                             "off: add --duet_stage_b True")
+        return None
+    return LayerDropSpec(layers, ratios if ratios is not None else DEFAULT_RATIOS)
 
 
 def check_finite(flag: str, value) -> None:

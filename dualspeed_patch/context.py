@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from . import config as config_lib
+from .layer_drop import LayerDropPlan, LayerDropSpec
 
 FULL, FAST, SLOW = "full", "fast", "slow"
 MODES = (FULL, FAST, SLOW)
@@ -30,12 +31,17 @@ class ModeSpec:
     isolator: bool = config_lib.default("use_isolator")
     seed: int = 0  # for stochastic plug-ins (random): combined with the step so reruns repeat
     options: tuple = ()  # ((keyword, value), ...) for the plug-in, among the options it declares
+    stage_b: Optional[LayerDropSpec] = None  # DUET stage B in the decoder (reduced modes only)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if isinstance(self.options, dict):
             object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        if self.stage_b is True:
+            object.__setattr__(self, "stage_b", LayerDropSpec())
+        if self.stage_b is not None and not isinstance(self.stage_b, LayerDropSpec):
+            raise TypeError(f"stage_b must be a LayerDropSpec (or True for DUET's default), got {self.stage_b!r}")
         if self.mode != FULL:
             config_lib.check_reduction(self.method, self.pruning_ratio)
             from .pruners import get_reducer
@@ -49,7 +55,7 @@ class ModeSpec:
     @classmethod
     def from_config(cls, cfg: config_lib.DualSpeedConfig, mode: str, seed: int = 0) -> "ModeSpec":
         return cls(mode, cfg.vtp_method, cfg.pruning_ratio, cfg.isolator_active, seed,
-                   config_lib.plugin_options(cfg))
+                   config_lib.plugin_options(cfg), cfg.stage_b_spec())
 
 
 @dataclass
@@ -59,6 +65,7 @@ class TeacherInputs:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor
+    layer_drop: Optional[LayerDropPlan] = None  # stage B's plan for the teacher's decoder
 
 
 @dataclass
@@ -69,6 +76,7 @@ class StepState:
     full_labels: Optional[torch.Tensor] = None  # the labels of the full sequence (slow mode's student)
     visual_total: int = 0  # visual tokens the full sequence had
     visual_kept: int = 0   # visual tokens left after reduction (isolator not counted)
+    layer_drop: Optional[LayerDropPlan] = None  # stage B's plan of the reduced forward (its counts, once run)
 
 
 _current: contextvars.ContextVar[Optional[StepState]] = contextvars.ContextVar("dualspeed_step", default=None)
@@ -90,7 +98,9 @@ def mode(spec: ModeSpec):
 
 def pruned_inference(method: str = config_lib.default("vtp_method"),
                      pruning_ratio: float = config_lib.default("pruning_ratio"),
-                     isolator: bool = config_lib.default("use_isolator"), seed: int = 0, **options):
+                     isolator: bool = config_lib.default("use_isolator"), seed: int = 0,
+                     stage_b: Optional[LayerDropSpec] = None, **options):
     """Context for generate()/forward() on reduced visual tokens (with or without the isolator); `options` go to
-    the plug-in (e.g. `pruned_inference("duet", 0.9, contextual=2)`)."""
-    return mode(ModeSpec(FAST, method, pruning_ratio, isolator, seed, options))
+    the plug-in (e.g. `pruned_inference("duet", 0.9, contextual=2)`); `stage_b` adds DUET's layer-wise dropping
+    (True: DUET's default schedule, or a LayerDropSpec)."""
+    return mode(ModeSpec(FAST, method, pruning_ratio, isolator, seed, options, stage_b))

@@ -36,6 +36,8 @@ class LossLog:
     steps: int = 0
     kept: int = 0   # visual tokens the LLM saw in reduced steps
     total: int = 0  # visual tokens those steps had before reduction
+    layer_mean: List[torch.Tensor] = field(default_factory=list)  # stage B: visual tokens per decoder layer
+    layer_total: int = 0  # visual tokens before reduction, of the steps in layer_mean
 
     def add(self, result: StepResult) -> None:
         self.ce.append(result.ce.float())
@@ -46,6 +48,11 @@ class LossLog:
         if result.mode != context.SLOW:
             self.kept += result.state.visual_kept
             self.total += result.state.visual_total
+            plan = result.state.layer_drop
+            mean = plan.layer_mean() if plan is not None else None
+            if mean is not None:
+                self.layer_mean.append(mean)
+                self.layer_total += result.state.visual_total
 
     def summary(self) -> dict:
         out = {}
@@ -58,6 +65,8 @@ class LossLog:
         if self.total:
             out["dualspeed/visual_kept_frac"] = self.kept / self.total
             out["dualspeed/visual_kept_per_step"] = self.kept / max(1, self.steps - self.slow)
+        if self.layer_total:  # DUET's measure: visual tokens averaged over the LLM's layers, of those at input
+            out["dualspeed/visual_layer_avg_frac"] = torch.stack(self.layer_mean).sum().item() / self.layer_total
         return out
 
 

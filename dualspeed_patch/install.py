@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from . import hooks, multimodal
+from . import decoder_loop, hooks, multimodal
 from .config import DualSpeedConfig
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class PatchTarget:
     training: bool = False      # only when installed for training
     subclasses: bool = False    # also wrap subclasses that define their own `attr`
     optional: bool = False      # a fork without it still gets the rest
+    defines: bool = False       # put on a mixin that inherits it from a later base: the factory gets the owner
+                                # (the wrapper reaches the base's method with super(owner, self)), not an original
 
 
 PATCH_TABLE = (
@@ -41,6 +43,8 @@ PATCH_TABLE = (
                 multimodal.wrap, subclasses=True),
     PatchTarget("model.llava_arch", "LlavaMetaModel", "initialize_vision_modules",
                 hooks.wrap_initialize_vision_modules),
+    # DUET stage B: the decoder's forward, reached through LLaVA's decoder mixin (decoder_loop.py says how).
+    PatchTarget("model.llava_arch", "LlavaMetaModel", "forward", decoder_loop.wrap, defines=True),
     PatchTarget("model.builder", None, "load_pretrained_model", hooks.wrap_load_pretrained_model, optional=True),
     PatchTarget("train.llava_trainer", "LLaVATrainer", "compute_loss", hooks.wrap_compute_loss, training=True),
     PatchTarget("train.llava_trainer", "LLaVATrainer", "log", hooks.wrap_log, training=True),
@@ -107,6 +111,8 @@ class Installation:
         cls = getattr(module, t.owner, None)
         if cls is None:
             raise TypeError(f"{name} has no {t.owner}: not a LLaVA codebase DualSpeed can patch")
+        if t.defines:
+            return [cls]
         if not callable(getattr(cls, t.attr, None)):
             raise TypeError(f"{name}.{t.owner} has no method {t.attr}(); DualSpeed needs it")
         if t.attr == "prepare_inputs_labels_for_multimodal":
@@ -120,8 +126,9 @@ class Installation:
         if any(i.owner is owner and i.attr == target.attr for i in self._installed):
             return  # idempotent
         previous = vars(owner).get(target.attr, _MISSING)
-        wrapper = target.factory(getattr(owner, target.attr), self)
-        wrapper.__dualspeed_original__ = getattr(owner, target.attr)
+        original = getattr(owner, target.attr, None)
+        wrapper = target.factory(original, self, owner) if target.defines else target.factory(original, self)
+        wrapper.__dualspeed_original__ = original
         setattr(owner, target.attr, wrapper)
         self._installed.append(_Installed(owner, target.attr, previous, wrapper))
 

@@ -20,7 +20,8 @@ from lmms_eval.models.simple.llava import Llava
 
 import dualspeed_patch
 from dualspeed_patch import context, hooks
-from dualspeed_patch.config import check_plugin_options, default, plugin_option_fields, plugin_options
+from dualspeed_patch.config import (check_plugin_options, default, plugin_option_fields, plugin_options,
+                                    stage_b_spec)
 from dualspeed_patch.lmms_eval_plugin import MODEL_ID
 
 logger = logging.getLogger(__name__)
@@ -51,12 +52,18 @@ class LlavaDualSpeed(Llava):
         pruned, isolator = _switch("pruned", pruned), _switch("isolator", isolator)
         settings = types.SimpleNamespace(vtp_method=str(vtp_method), pruning_ratio=float(pruning_ratio), **{
             f.name: kwargs.pop(f.name, f.default) for f in plugin_option_fields()})
+        settings.duet_stage_b = _switch("duet_stage_b", kwargs.pop("duet_stage_b", False))
+        for name in ("duet_stage_b_layers", "duet_stage_b_ratios"):  # '16;24': model_args split on commas
+            setattr(settings, name, kwargs.pop(name, None))
         spec = None
+        if not pruned and settings.duet_stage_b:
+            raise ValueError(f"--model {MODEL_ID}: duet_stage_b=true with pruned=false would do nothing (stage B "
+                             "runs in reduced forwards); set pruned=true")
         if pruned:
             try:  # the checks training and dualspeed_patch.run apply to the same settings
                 check_plugin_options(settings)
                 spec = context.ModeSpec(context.FAST, settings.vtp_method, settings.pruning_ratio, isolator,
-                                        int(seed), plugin_options(settings))
+                                        int(seed), plugin_options(settings), stage_b_spec(settings))
             except ValueError as e:
                 raise ValueError(f"--model {MODEL_ID}: {e}") from None
         inst = dualspeed_patch.apply(LLAVA_MODULE, training=False)

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import torch
 
-from . import context
+from . import context, decoder_loop, layer_drop
 from . import isolator as isolator_lib
 from . import signals as signals_lib
 from .pruners import budget, get_reducer
@@ -32,6 +32,7 @@ def wrap(original, installation):
     @functools.wraps(original)
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                              images, *args, **kwargs):
+        decoder_loop.clear_plan(self)  # a plan never outlives the merge that made it
         state = context.current()
         if state is None and installation.inference_spec is not None:
             state = context.StepState(installation.inference_spec)
@@ -105,15 +106,30 @@ def _pruned_merge(model, original, state, input_ids, position_ids, attention_mas
 
     if spec.mode == context.SLOW:
         # Teacher input: the pruned sequence built from the same (detached) features; no second vision pass.
-        p_embeds, p_labels, p_mask, p_pos = _repack(model, embeds.detach(), true_labels, bounds, spans, reduced,
-                                                    None if iso is None else iso.detach())
-        state.teacher = context.TeacherInputs(p_embeds, p_mask, p_pos, p_labels)
+        p_embeds, p_labels, p_mask, p_pos, p_visual = _repack(model, embeds.detach(), true_labels, bounds, spans,
+                                                              reduced, None if iso is None else iso.detach())
+        state.teacher = context.TeacherInputs(p_embeds, p_mask, p_pos, p_labels,
+                                              _layer_drop_plan(model, spec, p_embeds, p_labels, p_mask, p_visual))
         return (None, pos_full if position_ids is not None else None,
                 _out_mask(mask_full, attention_mask), pkv, embeds, true_labels if labels is not None else None)
 
-    new_embeds, new_labels, new_mask, new_pos = _repack(model, embeds, true_labels, bounds, spans, reduced, iso)
+    new_embeds, new_labels, new_mask, new_pos, visual = _repack(model, embeds, true_labels, bounds, spans, reduced,
+                                                                iso)
+    plan = _layer_drop_plan(model, spec, new_embeds, new_labels, new_mask, visual)
+    if plan is not None:
+        decoder_loop.set_plan(model.get_model(), plan)
+        state.layer_drop = plan
     return (None, new_pos if position_ids is not None else None, _out_mask(new_mask, attention_mask), pkv,
             new_embeds, new_labels if labels is not None else None)
+
+
+def _layer_drop_plan(model, spec, embeds, labels, mask, visual):
+    """Stage B's plan for the decoder (None when the mode has no layer-wise dropping)."""
+    if spec.stage_b is None:
+        return None
+    decoder_loop.check_supported(model)
+    side = getattr(model.config, "tokenizer_padding_side", "right")
+    return layer_drop.build_plan(spec.stage_b, embeds, labels, mask, visual, side)
 
 
 def _out_mask(mask, caller_mask):
@@ -195,37 +211,43 @@ def _check_shape(reducer, value, shape, what):
 
 def _repack(model, embeds, true_labels, bounds, spans, reduced, iso):
     """Rebuild each sample as text + [isolator; reduced image tokens] + text, then pad as the fork does."""
-    pieces, piece_labels = [], []
+    pieces, piece_labels, piece_visual = [], [], []
     for b, row in enumerate(spans):
         start, end = bounds[b]
-        seq, lab = [], []
+        seq, lab, vis = [], [], []
         cursor = start
         for j, (s, e) in enumerate(row):
             seq.append(embeds[b, cursor:s])
             lab.append(true_labels[b, cursor:s])
+            vis.append(torch.zeros(s - cursor, dtype=torch.bool))
             tokens = reduced[(b, j)]
             if iso is not None:
                 seq.append(iso)
                 lab.append(true_labels.new_full((iso.shape[0],), IGNORE_INDEX))
+                vis.append(torch.zeros(iso.shape[0], dtype=torch.bool))
             seq.append(tokens)
             lab.append(true_labels.new_full((tokens.shape[0],), IGNORE_INDEX))
+            vis.append(torch.ones(tokens.shape[0], dtype=torch.bool))
             cursor = e
         seq.append(embeds[b, cursor:end])
         lab.append(true_labels[b, cursor:end])
+        vis.append(torch.zeros(end - cursor, dtype=torch.bool))
         pieces.append(torch.cat(seq))
         piece_labels.append(torch.cat(lab))
+        piece_visual.append(torch.cat(vis))
     # A fork's config may not declare the field (upstream sets it only in train()): read it with a default.
     side = getattr(model.config, "tokenizer_padding_side", "right")
-    return _pad(pieces, piece_labels, side)
+    return _pad(pieces, piece_labels, piece_visual, side)
 
 
-def _pad(embeds, labels, side):
+def _pad(embeds, labels, visual, side):
     batch, max_len, hidden = len(embeds), max(x.shape[0] for x in embeds), embeds[0].shape[1]
     device = embeds[0].device
     out = embeds[0].new_zeros((batch, max_len, hidden))
     out_labels = labels[0].new_full((batch, max_len), IGNORE_INDEX)
     mask = torch.zeros((batch, max_len), dtype=torch.bool, device=device)
     pos = torch.zeros((batch, max_len), dtype=torch.long, device=device)
+    is_visual = torch.zeros((batch, max_len), dtype=torch.bool)
     for i, (x, lab) in enumerate(zip(embeds, labels)):
         n = x.shape[0]
         sl = slice(max_len - n, max_len) if side == "left" else slice(0, n)
@@ -233,4 +255,5 @@ def _pad(embeds, labels, side):
         out_labels[i, sl] = lab
         mask[i, sl] = True
         pos[i, sl] = torch.arange(n, device=device)
-    return out, out_labels, mask, pos
+        is_visual[i, sl] = visual[i]
+    return out, out_labels, mask, pos, is_visual.to(device)

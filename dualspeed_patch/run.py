@@ -14,7 +14,8 @@ import logging
 import runpy
 import sys
 
-from .config import check_plugin_options, default, help_of, plugin_option_fields, plugin_options
+from .config import (STAGE_B_FIELDS, check_plugin_options, default, help_of, plugin_option_fields, plugin_options,
+                     stage_b_spec)
 
 logger = logging.getLogger("dualspeed_patch.run")
 
@@ -30,6 +31,9 @@ def build_parser():
     p.add_argument("--isolator_path", default=None, help="mode_isolator.bin to use (default: <model-path>/...)")
     for f in plugin_option_fields():
         p.add_argument(f"--{f.name}", type=int, default=f.default, help=f"{f.metadata['help']} (default: %(default)s)")
+    p.add_argument("--duet_stage_b", action="store_true", help=help_of("duet_stage_b"))
+    p.add_argument("--duet_stage_b_layers", default=None, help=help_of("duet_stage_b_layers"))
+    p.add_argument("--duet_stage_b_ratios", default=None, help=help_of("duet_stage_b_ratios"))
     p.add_argument("--llava_module", default=default("llava_module"),
                    help="the LLaVA package the eval module belongs to (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for stochastic pruners (random)")
@@ -53,7 +57,7 @@ def configure_inference(args):
     try:  # the same validation as training (DualSpeedConfig)
         check_plugin_options(args)
         spec = context.ModeSpec(context.FAST, args.vtp_method, args.pruning_ratio, not args.no_isolator, args.seed,
-                                plugin_options(args))
+                                plugin_options(args), stage_b_spec(args))
     except ValueError as e:
         raise SystemExit(str(e)) from None
     inst = dualspeed_patch.apply(fork, training=False)
@@ -61,9 +65,10 @@ def configure_inference(args):
         raise SystemExit(f"{fork.__name__} has no model.builder.load_pretrained_model to load the isolator "
                          "through; pass --no_isolator or load mode_isolator.bin yourself")
     inst.set_inference(spec, args.isolator_path)
-    logger.warning("Pruned inference: %s, ratio %.2f, isolator %s%s", args.vtp_method, args.pruning_ratio,
+    logger.warning("Pruned inference: %s, ratio %.2f, isolator %s%s%s", args.vtp_method, args.pruning_ratio,
                    "off" if args.no_isolator else "on",
-                   "".join(f", {name}={value}" for name, value in spec.options))
+                   "".join(f", {name}={value}" for name, value in spec.options),
+                   "" if spec.stage_b is None else f", DUET stage B {spec.stage_b}")
     return fork
 
 
@@ -85,7 +90,8 @@ def check_lmms_eval_plugin(args, module_args):
 
 
 def _reduction_flags(args):
-    names = ["vtp_method", "pruning_ratio", "no_isolator", "isolator_path"] + [f.name for f in plugin_option_fields()]
+    names = (["vtp_method", "pruning_ratio", "no_isolator", "isolator_path"] + list(STAGE_B_FIELDS)
+             + [f.name for f in plugin_option_fields()])
     return [(name, getattr(args, name)) for name in names]
 
 

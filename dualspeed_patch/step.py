@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import context, schedule
+from . import context, decoder_loop, schedule
 from .config import DualSpeedConfig
 from .distill import slow_mode_loss
 from .lm_forward import plain_language_model
@@ -58,7 +58,9 @@ def slow_step(model, inputs: dict, spec: context.ModeSpec, cfg: DualSpeedConfig)
     if cfg.use_distillation:  # validation refuses alpha <= 0 while distillation is on
         teacher_in = state.teacher
         # Through the transformers LM class, not the fork's forward (lm_forward.py says why).
-        with torch.no_grad(), context.mode(context.ModeSpec(context.FULL)), plain_language_model(model):
+        with torch.no_grad(), context.mode(context.ModeSpec(context.FULL)), plain_language_model(model) as inner:
+            if teacher_in.layer_drop is not None:  # the teacher's fast mode drops in the decoder too
+                decoder_loop.set_plan(inner.get_model(), teacher_in.layer_drop)
             teacher = model(inputs_embeds=teacher_in.inputs_embeds, attention_mask=teacher_in.attention_mask,
                             labels=teacher_in.labels)
         loss, kl = slow_mode_loss(ce, outputs["logits"], teacher["logits"], state.full_labels, teacher_in.labels,

@@ -42,8 +42,12 @@ def _modes(path):
 
 @pytest.mark.parametrize("zero,method", [("zero2", "divprune"), ("zero3", "divprune"), ("zero3", "duet")])
 def test_two_cpu_ranks_agree_on_every_mode(ds_pretrain, tiny_assets, tmp_path, zero, method):
-    """duet on ZeRO-3: its merge calls the (partitioned) projector inside the merge wrapper."""
+    """duet on ZeRO-3, with both of DUET's stages: stage A's merge calls the (partitioned) projector inside the
+    merge wrapper, and stage B's ranking calls the next decoder layer's norm and q/k projections outside that
+    layer's forward."""
     pretrain, _ = ds_pretrain
+    stage_b = ["--duet_stage_b", "True", "--duet_stage_b_layers", "1", "--duet_stage_b_ratios", "0.5"] \
+        if method == "duet" else []
     out = tmp_path / f"lora-{zero}-{method}"
     port = 29600 + (zero == "zero3") + 2 * (method == "duet")
     launcher = f"{os.path.join(BIN, 'deepspeed')} --num_gpus 2 --master_port {port}"
@@ -54,8 +58,9 @@ def test_two_cpu_ranks_agree_on_every_mode(ds_pretrain, tiny_assets, tmp_path, z
                       PRETRAIN_MM_MLP_ADAPTER=str(pretrain / "mm_projector.bin"),
                       extra=["--dualspeed", "True", "--slow_mode_ratio", "0.5", "--mode_log", log_path,
                              "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-                             "--max_steps", "3", "--vtp_method", method])
+                             "--max_steps", "3", "--vtp_method", method, *stage_b])
     assert "world_size=2" in proc.stdout + proc.stderr
+    assert ("dualspeed/visual_layer_avg_frac" in proc.stdout + proc.stderr) == bool(stage_b)
     rank0, rank1 = _modes(log_path.format(rank=0)), _modes(log_path.format(rank=1))
     assert rank0 == rank1 and len(rank0) == 6
     expected = ["slow" if schedule.is_slow(42, s, m, 0.5) else "fast" for s in range(3) for m in range(2)]

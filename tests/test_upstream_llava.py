@@ -74,5 +74,6 @@ def test_dualspeed_patch_on_upstream_llava(upstream_env):
     through upstream's own classes with the patch applied (tests/upstream/dualspeed_upstream.py)."""
     proc = helpers.run_upstream(os.path.join(TESTS_DIR, "upstream", "dualspeed_upstream.py"), check=True)
     passed = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PASS ")}
-    assert passed == {"fast_step", "slow_step", "trainer_train", "pruned_generate", "duet_stage_a", "train_entry"}, \
+    assert passed == {"fast_step", "slow_step", "trainer_train", "pruned_generate", "duet_stage_a",
+                      "duet_stage_b_refused", "train_entry"}, \
         proc.stdout

@@ -113,6 +113,17 @@ def main():
     print(f"PASS duet_stage_a llm_tokens={seen[0]} full={full_length} tokens={out.tolist()}")
     dualspeed_patch.configure(None)
 
+    # DUET stage B needs transformers 5's per-layer mask sizing: on upstream's 4.37 it is refused, by name,
+    # before anything runs (never a silent full-length decoder)
+    try:
+        with dualspeed_patch.pruned_inference("duet", 0.9, isolator=True, stage_b=True):
+            model.generate(ids, images=image, max_new_tokens=2, do_sample=False)
+    except RuntimeError as e:
+        assert "DUET stage B needs transformers >= 5" in str(e), e
+        print(f"PASS duet_stage_b_refused {e}")
+    else:
+        raise AssertionError("stage B ran on transformers 4.x")
+
     # our training entry on upstream's train(): pretrain with DualSpeed writes mode_isolator.bin
     dualspeed_patch.configure(None)
     base = tu.save_tiny_base(os.path.join(tmp, "base"))
