@@ -405,3 +405,15 @@ def test_runner_refuses_stage_b_without_pruned():
     args = build_parser().parse_args(["--duet_stage_b", "llava.eval.run_llava"])
     with pytest.raises(SystemExit, match="--duet_stage_b given without --pruned"):
         configure_inference(args)
+
+
+def test_bf16_forward(vision_path, patched):
+    """bf16 weights: the forward with stage B runs in bf16 (the ranking casts to fp32 after the projections),
+    with a finite loss and the configured counts."""
+    model = make_model(vision_path).to(torch.bfloat16)
+    b = batch()
+    b["images"] = b["images"].to(torch.bfloat16)
+    with torch.no_grad(), context.pruned_inference("uniform", 0.5, False, stage_b=True) as state:
+        out = model(**b)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert state.layer_drop.counts[2].tolist() == [144, 144, 0]

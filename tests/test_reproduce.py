@@ -104,6 +104,66 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+def test_duet_table_plan_budgets_and_commands():
+    """DUET's table: per average reduction, stage A's budget from stage B's schedule (toy: 3 layers, drops after
+    1 and 2 keeping 0.5 and 0 -> layer factor 0.5: 380 and 127 of 576 tokens after stage A), the recipes'
+    flags, and the evaluations passing the exact ratio training used."""
+    from dualspeed_lab.reproduce.plan import duet_layer_factor, duet_stage_a_ratio
+    from dualspeed_patch.pruners import budget
+
+    P = presets.QUICK.replace(tables=("duet",))
+    assert duet_layer_factor(P) == 0.5
+    assert [budget(576, duet_stage_a_ratio(P, r)) for r in P.duet_reductions] == [380, 127]
+    cells, _ = plan_cells(P)
+    assert list(cells) == ["baseline"] + [f"{k}-{r}" for r in ("0.67", "0.89")
+                                          for k in ("duet-trained", "ds-divprune", "ds-duet")]
+    r = _runner(P)
+    _, argv = r.stage_command("sft", cells["duet-trained-0.67"], 0, "/o", "/p")
+    flag = lambda name: argv[argv.index(name) + 1]  # noqa: E731
+    assert flag("--vtp_method") == "duet" and flag("--slow_mode_ratio") == "0.0" and flag("--use_isolator") == "False"
+    assert flag("--duet_stage_b") == "True" and flag("--duet_stage_b_layers") == "1,2"
+    assert flag("--duet_stage_b_ratios") == "0.5,0.0"
+    _, argv = r.stage_command("pretrain", cells["ds-duet-0.89"], 0, "/o")
+    assert budget(576, float(flag("--pruning_ratio"))) == 127 and flag("--use_isolator") == "True"
+    _, argv = r.stage_command("sft", cells["ds-divprune-0.89"], 0, "/o", "/p")
+    assert flag("--pruning_ratio") == "0.89" and "--duet_stage_b" not in argv
+    # the baseline gets DUET training-free at each level; each recipe its own reduced inference, nothing else
+    assert [e.name for e in cells["baseline"].evals] == [
+        "normal", "pruned-duet-p0.340278-noiso-b1_2r0.5_0.0", "pruned-duet-p0.779514-noiso-b1_2r0.5_0.0"]
+    assert [e.name for e in cells["ds-duet-0.67"].evals] == ["normal", "pruned-duet-p0.340278-iso-b1_2r0.5_0.0"]
+    assert [e.name for e in cells["ds-divprune-0.67"].evals] == ["normal", "pruned-divprune-p0.67-iso"]
+    cmd = r.eval_command(cells["ds-duet-0.67"].evals[1], "/sft", "/a.jsonl", 0)
+    assert budget(576, float(cmd[cmd.index("--pruning_ratio") + 1])) == 380
+    assert cmd[cmd.index("--duet_stage_b_layers") + 1] == "1,2" and "--no_isolator" not in cmd
+    # the keys of every earlier recipe and evaluation are unchanged by the new fields
+    assert EvalSpec(True, "divprune", 0.9, True).identity() == {"pruned": True, "method": "divprune",
+                                                                 "ratio": 0.9, "isolator": True}
+    assert cells["baseline"].key() == (("plain",), ("plain",))
+
+
+def test_duet_table_and_claims_from_synthetic_results(tmp_path):
+    P = presets.QUICK.replace(tables=("duet",), seeds=(0, 1))
+    cells, alias = plan_cells(P)
+    runs = []
+    for s in P.seeds:
+        for i, (name, cell) in enumerate(cells.items()):
+            r = _cell(name, s, 0.5 + 0.01 * i, 100.0 - 5 * i, 200.0 - 10 * i)
+            r["aliases"] = [name] + cell.aliases
+            for e in cell.evals:
+                r["evals"].setdefault(e.name, r["evals"]["normal"])
+            r["stages"]["sft"]["visual_layer_avg_frac"] = 0.33
+            runs.append(r)
+    R = Results(runs, P.seeds)
+    rep = Report(P, R, cells, alias, _questions(), str(tmp_path))
+    md = rep.write_all()["duet"]
+    assert "| DUET trained, 67% | 67% |" in md and "| DualSpeed (DUET A+B), 89% | 89% |" in md
+    assert "| Baseline + DUET at inference only, 67% |" in md and "33.0%" in md
+    assert "380 tokens at 67%, 127 tokens at 89%" in md
+    claims = {c["claim"] for c in effects(R, 0.2, P)}
+    assert "[67%] DualSpeed's fast mode: DUET A+B beats divprune (normal inference)" in claims
+    assert "[89%] DUET trained beats DUET used at inference only on the baseline (reduced inference)" in claims
+
+
 # -------------------------------------------------------------------------- statistics and wording
 def _questions(per_type=10):
     return [{"question_id": f"q{t}{i}", "type": t, "answer": "x"} for t in TYPES for i in range(per_type)]
@@ -222,7 +282,7 @@ def test_full_preset_tables_from_synthetic_results(tmp_path):
     R = Results(runs, P.seeds)
     rep = Report(P, R, cells, alias, _questions(), str(tmp_path))
     mds = rep.write_all()
-    assert set(mds) == set(presets.ALL_TABLES)
+    assert set(mds) == set(presets.PAPER_TABLES)
     for key in ("table1", "table3", "table4", "fig5", "fig6"):
         assert (tmp_path / f"{key}.md").exists() and (tmp_path / f"{key}.csv").exists()
     assert "| cdpruner |" in mds["table1"] and "| + isolator |" in mds["table3"]
@@ -280,6 +340,30 @@ def test_driver_end_to_end_on_the_reduced_preset(tiny_assets, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (proc.stdout + proc.stderr).count("(cached)") == 3
     assert time.perf_counter() - t0 < min(30.0, first / 2)
+
+
+@pytest.mark.slow
+def test_driver_runs_the_duet_table_on_the_reduced_preset(tiny_assets, tmp_path):
+    """The duet table end to end on tiny models: every recipe trains through the scripts with its flags and is
+    evaluated with its own reduced inference; the table and the claims are written."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dualspeed_lab.reproduce", "--preset", "smoke", "--tables", "duet",
+           "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--base-llm", tiny_assets["model"],
+           "--vision-tower", tiny_assets["vision_tower"], "--no-progress"]
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    results = {r["cell"]: r for r in json.loads((out / "results.json").read_text())["cells"]}
+    assert set(results) == {"baseline", "duet-trained-0.67", "ds-divprune-0.67", "ds-duet-0.67"}
+    for name in ("duet-trained-0.67", "ds-duet-0.67"):
+        sft = results[name]["stages"]["sft"]
+        assert "--duet_stage_b True" in sft["command"]
+        # stage A keeps 2 x 576 x 0.33 / (1 + 0.5) = 253 tokens, stage B half of them after layer 1 of 2
+        assert sft["visual_layer_avg_frac"] == pytest.approx((253 + 126) / 2 / 576, abs=1e-3)
+    assert "pruned-duet-p0.560764-iso-b1r0.5" in results["ds-duet-0.67"]["evals"]
+    table = (out / "duet.md").read_text()
+    assert "| DualSpeed (DUET A+B), 67% | 67% |" in table
+    assert "[67%] DUET trained matches the baseline" in (out / "summary.md").read_text()
 
 
 @pytest.mark.slow

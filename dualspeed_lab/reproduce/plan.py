@@ -11,7 +11,7 @@ of one table; plan_cells merges recipes whose training is identical into one cel
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from dualspeed_lab.reproduce.presets import ALL_TABLES, Preset
@@ -33,11 +33,14 @@ class Stage:
         iso = bool(self.get("use_isolator", True)) and int(self.get("isolator_len", 4)) > 0
         length = int(self.get("isolator_len", 4)) if iso else 0
         base = (str(self.get("vtp_method")), float(self.get("pruning_ratio")), length)
+        # DUET's flags (stage B's schedule, stage A's counts) change the run; appended only when given, so the
+        # keys of every earlier recipe stay what they were.
+        duet = tuple((k, str(v)) for k, v in self.flags if k.startswith("duet_"))
         if kind == "pretrain":  # --pretrain_mode fast: every step pruned, r and distillation unused
-            return ("dualspeed",) + base + (str(self.get("pretrain_mode", "fast")),)
+            return ("dualspeed",) + base + (str(self.get("pretrain_mode", "fast")),) + duet
         r = float(self.get("slow_mode_ratio"))
         distill = bool(self.get("use_distillation", True)) if r > 0 else True
-        return ("dualspeed",) + base + (r, distill)
+        return ("dualspeed",) + base + (r, distill) + duet
 
     def has_isolator(self) -> bool:
         return self.dualspeed and bool(self.get("use_isolator", True)) and int(self.get("isolator_len", 4)) > 0
@@ -58,18 +61,30 @@ class EvalSpec:
     method: Optional[str] = None
     ratio: Optional[float] = None
     isolator: bool = False
+    stage_b: Optional[Tuple[str, str]] = None  # DUET stage B at inference: (layers, ratios), e.g. ("1,2", "0.5,0.0")
 
     @property
     def name(self) -> str:
         if not self.pruned:
             return "normal"
-        return f"pruned-{self.method}-p{self.ratio:g}-{'iso' if self.isolator else 'noiso'}"
+        name = f"pruned-{self.method}-p{self.ratio:g}-{'iso' if self.isolator else 'noiso'}"
+        if self.stage_b:
+            name += "-b" + "r".join(x.replace(",", "_") for x in self.stage_b)
+        return name
 
     @property
     def label(self) -> str:
         if not self.pruned:
             return "normal"
-        return f"pruned {self.method} p={self.ratio:g} " + ("+ isolator" if self.isolator else "no isolator")
+        text = f"pruned {self.method} p={self.ratio:g} " + ("+ isolator" if self.isolator else "no isolator")
+        return text + (f" + stage B after {self.stage_b[0]} keeping {self.stage_b[1]}" if self.stage_b else "")
+
+    def identity(self) -> dict:
+        """What the evaluation's cache key hashes (stage_b only when set: earlier keys stay valid)."""
+        out = asdict(self)
+        if self.stage_b is None:
+            del out["stage_b"]
+        return out
 
 
 NORMAL = EvalSpec()
@@ -110,8 +125,51 @@ def _ds(P: Preset, kind: str, method=None, p=None, r=None, length=None, iso=True
     return Stage(True, tuple(flags))
 
 
-def _fmt_num(x) -> str:
+def duet_layer_factor(P: Preset) -> float:
+    """Stage B's layer average of the kept fraction: N0 visual tokens enter the LLM, N0 * factor is their
+    average over its layers (DUET's "avg tokens")."""
+    from dualspeed_patch.layer_drop import LayerDropSpec, parse_list
+
+    layers = parse_list("duet_stage_b_layers", P.duet_stage_b_layers, int)
+    ratios = parse_list("duet_stage_b_ratios", P.duet_stage_b_ratios, float)
+    layers = LayerDropSpec(layers, ratios).resolve(P.duet_llm_layers)
+    bounds = (0,) + layers + (P.duet_llm_layers,)
+    alive = (1.0,) + ratios
+    return sum(a * (end - start) for a, start, end in zip(alive, bounds, bounds[1:])) / P.duet_llm_layers
+
+
+def duet_stage_a_ratio(P: Preset, reduction: float) -> float:
+    """The --pruning_ratio of stage A that, with stage B's schedule, gives `reduction` of the visual tokens on
+    average over the LLM's layers: k = round(N (1 - reduction) / factor) tokens per image after stage A."""
+    n = P.duet_visual_tokens
+    k = round(n * (1 - reduction) / duet_layer_factor(P))
+    if not 1 <= k <= n:
+        raise ValueError(f"duet: an average reduction of {reduction:g} needs {k} tokens after stage A (of {n}) "
+                         f"with stage B after {P.duet_stage_b_layers} keeping {P.duet_stage_b_ratios}")
+    return 1 - k / n  # exact enough that pruners.budget(n, ratio) == k
+
+
+def _stage_b(P: Preset) -> Tuple[Tuple[str, object], ...]:
+    return (("duet_stage_b", True), ("duet_stage_b_layers", P.duet_stage_b_layers),
+            ("duet_stage_b_ratios", P.duet_stage_b_ratios))
+
+
+def _duet(P: Preset, kind: str, reduction: float, iso=True, r=None) -> Stage:
+    """DUET's stages A and B as the reduced mode of a stage, at an average reduction over the LLM's layers."""
+    base = _ds(P, kind, method="duet", p=duet_stage_a_ratio(P, reduction), r=r, iso=iso)
+    return Stage(True, base.flags + _stage_b(P))
+
+
+def duet_eval(P: Preset, reduction: float, iso: bool) -> EvalSpec:
+    return EvalSpec(True, "duet", duet_stage_a_ratio(P, reduction), iso,
+                    (P.duet_stage_b_layers, P.duet_stage_b_ratios))
+
+
+def fmt_num(x) -> str:
     return f"{x:g}"
+
+
+_fmt_num = fmt_num
 
 
 def variant_catalog(P: Preset) -> "OrderedDict[str, Tuple[str, Stage, Stage]]":
@@ -141,6 +199,17 @@ def variant_catalog(P: Preset) -> "OrderedDict[str, Tuple[str, Stage, Stage]]":
     for n in P.isolator_lens:
         if n != P.isolator_len:
             cat[f"l{n}"] = (f"DualSpeed l={n}", _ds(P, "pretrain", length=n), _ds(P, "sft", length=n))
+    # The "duet" table, per average reduction R: DUET trained as its paper does (A+B on every step, no
+    # isolator, no slow mode), DualSpeed with divprune at p = R, and DualSpeed with DUET's A+B as the fast mode
+    if "duet" in P.tables:
+        for red in P.duet_reductions:
+            tag = _fmt_num(red)
+            cat[f"duet-trained-{tag}"] = (f"DUET trained, {100 * red:.0f}%",
+                                          _duet(P, "pretrain", red, iso=False), _duet(P, "sft", red, iso=False, r=0.0))
+            cat[f"ds-divprune-{tag}"] = (f"DualSpeed (divprune), {100 * red:.0f}%", _ds(P, "pretrain", "divprune", p=red),
+                                         _ds(P, "sft", "divprune", p=red))
+            cat[f"ds-duet-{tag}"] = (f"DualSpeed (DUET A+B), {100 * red:.0f}%", _duet(P, "pretrain", red),
+                                     _duet(P, "sft", red))
     return cat
 
 
@@ -166,6 +235,9 @@ def table_variants(P: Preset, table: str) -> List[str]:
                 + [variant_name(P, "r", r) for r in P.r_values])
     if table == "fig6":
         return ["baseline"] + [variant_name(P, "l", n) for n in P.isolator_lens]
+    if table == "duet":
+        return ["baseline"] + [f"{kind}-{_fmt_num(red)}" for red in P.duet_reductions
+                               for kind in ("duet-trained", "ds-divprune", "ds-duet")]
     raise ValueError(f"unknown table {table!r}; known: {ALL_TABLES}")
 
 
@@ -182,6 +254,7 @@ def plan_cells(P: Preset) -> Tuple["OrderedDict[str, Cell]", Dict[str, str]]:
         for v in table_variants(P, t):
             if v not in wanted:
                 wanted.append(v)
+    paper = [v for t in P.tables if t != "duet" for v in table_variants(P, t)]
     cells: "OrderedDict[str, Cell]" = OrderedDict()
     by_key: Dict[tuple, str] = {}
     alias: Dict[str, str] = {}
@@ -196,12 +269,22 @@ def plan_cells(P: Preset) -> Tuple["OrderedDict[str, Cell]", Dict[str, str]]:
         by_key[k] = v
         alias[v] = v
         cells[v] = cell
-    # Evaluations: every cell gets normal + pruned (with the isolator when it has one, and without)
+    # Evaluations: every cell gets normal, and a cell of the paper's tables pruned (with the isolator when it has
+    # one, and without); the duet table's own cells get only the evaluations that table reads.
     for cell in cells.values():
         cell.add_eval(NORMAL)
+        if not any(a in paper for a in [cell.name] + cell.aliases):
+            continue
         if cell.has_isolator:
             cell.add_eval(pruned_eval(P, True))
         cell.add_eval(pruned_eval(P, False, iso=False))
+    if "duet" in P.tables:
+        for red in P.duet_reductions:
+            tag = _fmt_num(red)
+            cells[alias["baseline"]].add_eval(duet_eval(P, red, iso=False))   # DUET at inference only
+            cells[alias[f"duet-trained-{tag}"]].add_eval(duet_eval(P, red, iso=False))
+            cells[alias[f"ds-divprune-{tag}"]].add_eval(EvalSpec(True, "divprune", red, True))
+            cells[alias[f"ds-duet-{tag}"]].add_eval(duet_eval(P, red, iso=True))
     if "table1" in P.tables:
         for m in P.vtp_methods:
             cells[alias["baseline"]].add_eval(pruned_eval(P, False, method=m, iso=False))

@@ -26,8 +26,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-# Tables and figures the driver knows (the order in which they are reported).
-ALL_TABLES: Tuple[str, ...] = ("table2", "speed", "table1", "table3", "table4", "fig5", "fig6")
+# Tables and figures of the DualSpeed paper (the order in which they are reported), and every table the driver
+# knows: those plus "duet", DUET-VLM's stages A and B beside DualSpeed (issue 13).
+PAPER_TABLES: Tuple[str, ...] = ("table2", "speed", "table1", "table3", "table4", "fig5", "fig6")
+ALL_TABLES: Tuple[str, ...] = PAPER_TABLES + ("duet",)
 VTP_METHODS: Tuple[str, ...] = ("divprune", "cdpruner", "fastervlm", "random")
 
 
@@ -83,6 +85,13 @@ class Preset:
     p_values: Tuple[float, ...] = (0.5, 0.75, 0.9, 0.95)
     r_values: Tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
     isolator_lens: Tuple[int, ...] = (0, 1, 2, 4, 8)
+    # --- the "duet" table: average visual-token reductions over the LLM's layers (DUET's measure), stage B's
+    # schedule for the LLM's depth, and the visual tokens per image (the toy: 3 LLM layers, 576 patches)
+    duet_reductions: Tuple[float, ...] = (0.67, 0.89)
+    duet_stage_b_layers: str = "1,2"
+    duet_stage_b_ratios: str = "0.5,0.0"
+    duet_llm_layers: int = 3
+    duet_visual_tokens: int = 576
     expected: str = ""                   # measured run time, for --help and the report
 
     def replace(self, **changes) -> "Preset":
@@ -104,7 +113,7 @@ QUICK = Preset(
 FULL = Preset(
     name="full",
     description="Tables 1-4 and Figures 5-6, 3 seeds",
-    tables=ALL_TABLES,
+    tables=PAPER_TABLES,
     seeds=(0, 1, 2),
     eval_per_type=200,
     pretrain_steps=150,
@@ -129,6 +138,10 @@ SMOKE = Preset(
     lora_alpha=8,
     logging_steps=1,
     max_new_tokens=2,
+    duet_reductions=(0.67,),
+    duet_stage_b_layers="1",
+    duet_stage_b_ratios="0.5",
+    duet_llm_layers=2,
     expected="~2 min on 2 CPU cores",
 )
 

@@ -16,12 +16,14 @@ from typing import Dict, List, Tuple
 
 from dualspeed_lab.reproduce.assets import chance_of
 from dualspeed_lab.reproduce.common import QUESTION_TYPES
-from dualspeed_lab.reproduce.plan import (Cell, EvalSpec, as_trained_eval, table_variants, variant_catalog,
+from dualspeed_lab.reproduce.plan import (Cell, EvalSpec, as_trained_eval, duet_eval, duet_layer_factor,
+                                          duet_stage_a_ratio, fmt_num, table_variants, variant_catalog,
                                           variant_name)
 from dualspeed_lab.reproduce.plots import ReportPlots
 from dualspeed_lab.reproduce.presets import Preset
 from dualspeed_lab.reproduce.stats import Results, Stat
 from dualspeed_lab.reproduce.tables import Table
+from dualspeed_patch.pruners import budget
 
 
 class Report(ReportPlots):
@@ -186,6 +188,52 @@ class Report(ReportPlots):
         t.notes = self.note_common() + [f"p sweep at r = {P.slow_mode_ratio:g}; r sweep at p = {P.pruning_ratio:g}."]
         return t
 
+    def duet(self) -> Table:
+        """DUET-VLM's stages beside DualSpeed at each average reduction over the LLM's layers."""
+        R, P = self.R, self.P
+        t = Table("duet", "DUET-VLM (stages A + B) and DualSpeed at matching average visual-token reductions",
+                  [("Avg reduction", "text"), ("Normal", "acc"), ("Reduced (as trained)", "acc"),
+                   ("Rel. normal (%)", "rel"), ("Total (s)", "time"), ("Speedup", "speedup"),
+                   ("Visual kept in SFT (layer avg)", "text")])
+        if R.has("baseline"):
+            t.add("Baseline", ["0%", R.acc("baseline", "normal"), "–", "–", R.time("baseline"), Stat([1.0]), "100%"])
+        for red in P.duet_reductions:
+            tag = fmt_num(red)
+            duet_ev = duet_eval(P, red, iso=False).name
+            if R.has("baseline"):
+                t.add(f"Baseline + DUET at inference only, {100 * red:.0f}%",
+                      [f"{100 * red:.0f}%", "–", R.acc("baseline", duet_ev), "–", "–", "–", "–"])
+            for kind in ("duet-trained", "ds-divprune", "ds-duet"):
+                v = f"{kind}-{tag}"
+                if not R.has(v):
+                    continue
+                t.add(self.lab(v), [f"{100 * red:.0f}%", R.acc(v, "normal"), R.acc(v, self.duet_as_trained(v, red)),
+                                    R.rel(v, "normal"), R.time(v), R.speedup(v), self.layer_kept(v)])
+        a = {red: duet_stage_a_ratio(P, red) for red in P.duet_reductions}
+        t.notes = self.note_common()[:1] + [
+            f"Avg reduction: of the {P.duet_visual_tokens} visual tokens per image, averaged over the LLM's "
+            f"{P.duet_llm_layers} layers (DUET's measure). DUET: stage A (--vtp_method duet) keeps "
+            + ", ".join(f"{budget(P.duet_visual_tokens, a[red])} tokens at {100 * red:.0f}%" for red in a)
+            + f"; stage B drops after layer(s) {P.duet_stage_b_layers} keeping {P.duet_stage_b_ratios} of them "
+            "(layer factor " f"{duet_layer_factor(P):g}). DualSpeed (divprune) keeps (1 - R) of the tokens in every "
+            "layer. DUET trained: A+B on every step, no isolator, no slow mode (as DUET's paper trains); DualSpeed "
+            f"(DUET A+B): A+B as the fast mode with the isolator, r = {P.slow_mode_ratio:g}. Reduced: the "
+            "reduction the recipe trained with (with its isolator when it has one); the baseline's is DUET's "
+            "A+B, training-free. Visual kept in SFT: the logged mean of the visual tokens the LLM saw over its "
+            "layers in reduced steps (stage B's measure when it runs; divprune: the kept fraction)."]
+        return t
+
+    def duet_as_trained(self, v: str, red: float) -> str:
+        if v.startswith("ds-divprune-"):
+            return EvalSpec(True, "divprune", red, True).name
+        return duet_eval(self.P, red, iso=v.startswith("ds-duet-")).name
+
+    def layer_kept(self, v: str) -> str:
+        runs = [self.R.by[v][s]["stages"]["sft"] for s in self.R.seeds(v)]
+        vals = [r.get("visual_layer_avg_frac", r.get("visual_kept_frac")) for r in runs]
+        vals = [x for x in vals if x is not None]
+        return f"{100 * statistics.fmean(vals):.1f}%" if vals else "–"
+
     def fig6(self) -> Table:
         R, P = self.R, self.P
         t = Table("fig6", "Figure 6: isolator length",
@@ -242,4 +290,6 @@ class Report(ReportPlots):
             mds["fig5"] = self.write_table(self.fig5(), self.png_fig5)
         if "fig6" in tables:
             mds["fig6"] = self.write_table(self.fig6(), self.png_fig6)
+        if "duet" in tables:
+            mds["duet"] = self.write_table(self.duet())
         return mds

@@ -43,7 +43,7 @@ def read_trainer_state(output_dir: str) -> dict:
     """train_runtime, train_loss, steps and the mean of DualSpeed's logged fractions, when present."""
     state = read_json(os.path.join(output_dir, "trainer_state.json")) or {}
     out = {}
-    slow, kept = [], []
+    slow, kept, layer_avg = [], [], []
     for entry in state.get("log_history", []):
         if "train_runtime" in entry:
             out["train_runtime_s"] = float(entry["train_runtime"])
@@ -52,12 +52,16 @@ def read_trainer_state(output_dir: str) -> dict:
             slow.append(entry["dualspeed/slow_frac"])
         if "dualspeed/visual_kept_frac" in entry:
             kept.append(entry["dualspeed/visual_kept_frac"])
+        if "dualspeed/visual_layer_avg_frac" in entry:
+            layer_avg.append(entry["dualspeed/visual_layer_avg_frac"])
     if "global_step" in state:
         out["steps"] = state["global_step"]
     if slow:
         out["slow_frac"] = sum(slow) / len(slow)
     if kept:
         out["visual_kept_frac"] = sum(kept) / len(kept)
+    if layer_avg:  # stage B: visual tokens averaged over the LLM's layers, of those before any reduction
+        out["visual_layer_avg_frac"] = sum(layer_avg) / len(layer_avg)
     return out
 
 
@@ -121,7 +125,7 @@ class Runner:
         return short_hash([self.pretrain_key(cell, seed), cell.sft.semantics("sft"), self.train_hparams("sft"), seed])
 
     def eval_key(self, spec: EvalSpec, seed: int) -> str:
-        return short_hash([asdict(spec), self.questions_file, short_hash(self.questions), self.P.max_new_tokens,
+        return short_hash([spec.identity(), self.questions_file, short_hash(self.questions), self.P.max_new_tokens,
                            self.args.eval_device, self.P.threads, seed])
 
     # ---- paths
@@ -179,10 +183,14 @@ class Runner:
     def eval_command(self, spec: EvalSpec, model_dir: str, answers: str, seed: int) -> List[str]:
         argv = [sys.executable, "-m"]
         if spec.pruned:
+            # repr: the exact ratio training used (a rounded one can move budget() by a token)
             argv += ["dualspeed_patch.run", "--pruned", "--vtp_method", spec.method, "--pruning_ratio",
-                     f"{spec.ratio:g}", "--seed", str(seed)]
+                     repr(float(spec.ratio)), "--seed", str(seed)]
             if not spec.isolator:
                 argv.append("--no_isolator")
+            if spec.stage_b:
+                argv += ["--duet_stage_b", "--duet_stage_b_layers", spec.stage_b[0], "--duet_stage_b_ratios",
+                         spec.stage_b[1]]
         argv += ["llava.eval.model_vqa_loader", "--model-path", model_dir, "--model-base", self.models["model"],
                  "--question-file", self.questions_file, "--image-folder", self.task_root, "--answers-file", answers,
                  "--conv-mode", CONV_MODE, "--temperature", "0", "--max_new_tokens", str(self.P.max_new_tokens),
@@ -294,7 +302,7 @@ class Runner:
         sft = self.ensure_stage("sft", cell, seed, pre)
         evals = {spec.name: self.ensure_eval(cell, seed, spec, sft) for spec in cell.evals}
         stage_keys = ("wall_s", "cpu_s", "train_runtime_s", "train_loss", "steps", "slow_frac", "visual_kept_frac",
-                      "reused", "output_dir", "loadavg_before", "loadavg_after", "command")
+                      "visual_layer_avg_frac", "reused", "output_dir", "loadavg_before", "loadavg_after", "command")
         res = {
             "schema": SCHEMA, "cell": cell.name, "label": cell.label, "aliases": [cell.name] + cell.aliases,
             "seed": seed, "preset": self.P.name, "config": self.cell_config(cell, seed),

@@ -15,7 +15,7 @@ import platform
 from typing import Dict, List, Optional, Tuple
 
 from dualspeed_lab.reproduce.common import write_json
-from dualspeed_lab.reproduce.plan import EvalSpec
+from dualspeed_lab.reproduce.plan import EvalSpec, duet_eval, fmt_num
 from dualspeed_lab.reproduce.presets import Preset
 from dualspeed_lab.reproduce.report import Report
 from dualspeed_lab.reproduce.stats import Results, Stat
@@ -58,12 +58,8 @@ def effects(R: Results, chance: float, P: Preset) -> List[dict]:
         R.acc("naiveprune", "normal"), base, -1, "acc")
     add("DualSpeed recovers it (normal inference, vs NaivePrune)", R.acc("dualspeed", "normal"),
         R.acc("naiveprune", "normal"), +1, "acc")
-    d, s = compare(R.acc("dualspeed", "normal"), base)
-    out.append({"claim": "DualSpeed matches the baseline (normal inference; absolute difference within the spread)",
-                "diff": d, "spread": s, "unit": "acc", "detail": "",
-                "verdict": "not measured" if d is None else
-                ("yes" if s is not None and abs(d) <= s else
-                 ("no (better than the baseline)" if d > 0 else "no (below the baseline)"))})
+    matches_claim(out, "DualSpeed matches the baseline (normal inference; absolute difference within the spread)",
+                  R.acc("dualspeed", "normal"), base)
     pruned_iso = EvalSpec(True, P.eval_vtp_method, P.eval_pruning_ratio, True).name
     pruned_noiso = EvalSpec(True, P.eval_vtp_method, P.eval_pruning_ratio, False).name
     add("DualSpeed with pruned inference (+ isolator) beats the baseline pruned at inference only",
@@ -87,7 +83,42 @@ def effects(R: Results, chance: float, P: Preset) -> List[dict]:
     paired_claim(out, "DualSpeed closes that gap (its full-minus-pruned difference vs NaivePrune's, paired by seed)",
                  narrowing,
                  R.acc("dualspeed", "normal"), R.acc("naiveprune", "normal"), +1)
+    if "duet" in P.tables:
+        duet_effects(out, add, R, P, base, tb)
     return out
+
+
+def duet_effects(out: List[dict], add, R: Results, P: Preset, base: Stat, tb: Stat) -> None:
+    """The duet table's questions, per average reduction: does each recipe keep the baseline's full-sequence
+    accuracy, does training with DUET beat using it training-free, and which fast mode serves DualSpeed better."""
+    for red in P.duet_reductions:
+        tag, pct = fmt_num(red), f"{100 * red:.0f}%"
+        trained, ds_duet, ds_div = f"duet-trained-{tag}", f"ds-duet-{tag}", f"ds-divprune-{tag}"
+        if not (R.has(trained) or R.has(ds_duet)):
+            continue
+        reduced = duet_eval(P, red, iso=False).name
+        matches_claim(out, f"[{pct}] DualSpeed (DUET A+B) matches the baseline (normal inference)",
+                      R.acc(ds_duet, "normal"), base)
+        matches_claim(out, f"[{pct}] DUET trained matches the baseline (normal inference)",
+                      R.acc(trained, "normal"), base)
+        add(f"[{pct}] DUET trained beats DUET used at inference only on the baseline (reduced inference)",
+            R.acc(trained, reduced), R.acc("baseline", reduced), +1, "acc")
+        add(f"[{pct}] DualSpeed's fast mode: DUET A+B beats divprune (normal inference)",
+            R.acc(ds_duet, "normal"), R.acc(ds_div, "normal"), +1, "acc")
+        for v, name in ((ds_duet, "DualSpeed (DUET A+B)"), (trained, "DUET trained"), (ds_div, "DualSpeed (divprune)")):
+            sp = R.speedup(v)
+            detail = (f"speedup {sp.mean:.2f}×" + (f" ± {sp.std:.2f}" if sp.std is not None else "")) if sp.mean else ""
+            add(f"[{pct}] {name} trains faster than the baseline (total train_runtime)", tb, R.time(v), +1, "s",
+                detail)
+
+
+def matches_claim(out: List[dict], claim: str, a: Stat, base: Stat) -> None:
+    """'yes' when |a - base| is within the spread."""
+    d, s = compare(a, base)
+    out.append({"claim": claim, "diff": d, "spread": s, "unit": "acc", "detail": "",
+                "verdict": "not measured" if d is None else
+                ("yes" if s is not None and abs(d) <= s else
+                 ("no (better than the baseline)" if d > 0 else "no (below the baseline)"))})
 
 
 def paired_claim(out: List[dict], claim: str, diffs: Stat, a: Stat, b: Stat, direction: int) -> None:
