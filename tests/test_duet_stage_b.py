@@ -417,3 +417,71 @@ def test_bf16_forward(vision_path, patched):
         out = model(**b)
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     assert state.layer_drop.counts[2].tolist() == [144, 144, 0]
+
+
+def _llava_qwen2(vision_path, **config):
+    """A LLaVA-on-Qwen2 class as LLaVA-NeXT-style forks define one (our llava/ ships Llama and Mistral)."""
+    from torch import nn
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
+
+    from llava.model.config import LlavaConfigMixin
+    from llava.model.language_model.generation import LlavaGenerationMixin
+    from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+
+    class LlavaQwen2Config(LlavaConfigMixin, Qwen2Config):
+        model_type = "llava_qwen2_stage_b_test"
+
+    class LlavaQwen2Model(LlavaMetaModel, Qwen2Model):
+        config_class = LlavaQwen2Config
+
+    class LlavaQwen2ForCausalLM(LlavaGenerationMixin, Qwen2ForCausalLM, LlavaMetaForCausalLM):
+        config_class = LlavaQwen2Config
+
+        def __init__(self, cfg):
+            Qwen2PreTrainedModel.__init__(self, cfg)
+            self.model = LlavaQwen2Model(cfg)
+            self.vocab_size = cfg.vocab_size
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.post_init()
+
+    torch.manual_seed(0)
+    cfg = LlavaQwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=DEPTH,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, **config)
+    cfg._attn_implementation = "sdpa"
+    model = LlavaQwen2ForCausalLM(cfg).eval()
+    args = types.SimpleNamespace(vision_tower=vision_path, mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+                                 pretrain_mm_mlp_adapter=None, mm_patch_merge_type="flat", mm_projector_type="mlp2x_gelu")
+    model.get_model().initialize_vision_modules(args)
+    return model
+
+
+@pytest.mark.parametrize("sliding", [False, True], ids=["full", "sliding-window-layers"])
+def test_qwen2_class(vision_path, patched, sliding):
+    """A Qwen2 decoder (q/k/v biases; with sliding, half its layers use a 64-token window, shorter than the
+    sequence, so the windowed masks and sliding caches are exercised): nothing dropped equals the unreduced
+    model, and KV-cache generation equals recompute."""
+    extra = dict(use_sliding_window=True, sliding_window=64, max_window_layers=2) if sliding else {}
+    model = _llava_qwen2(vision_path, **extra)
+    if sliding:
+        assert "sliding_attention" in model.config.layer_types
+    b = batch()
+    with torch.no_grad():
+        with context.pruned_inference("uniform", 0.5, False):
+            ref = model(**b)
+        with context.pruned_inference("uniform", 0.5, False, stage_b=LayerDropSpec((1, 3), (1.0, 1.0))) as state:
+            same = model(**b)
+    valid = state.layer_drop.tokens.valid
+    torch.testing.assert_close(same.logits[valid], ref.logits[valid], rtol=0, atol=1e-5)
+    ids, mask = b["input_ids"][:1], b["attention_mask"][:1]
+    with torch.no_grad(), context.pruned_inference("uniform", 0.5, False, stage_b=True):
+        generated = model.generate(ids, images=b["images"][:1], attention_mask=mask, max_new_tokens=4,
+                                   do_sample=False, pad_token_id=0)
+    seq, n = ids, ids.shape[1]
+    for _ in range(4):
+        labels = torch.full_like(seq, IGNORE_INDEX)
+        labels[:, n:] = seq[:, n:]
+        with torch.no_grad(), context.pruned_inference("uniform", 0.5, False, stage_b=True):
+            logits = model(input_ids=seq, images=b["images"][:1], labels=labels).logits
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert generated[0].tolist() == seq[0, n:].tolist()
