@@ -194,21 +194,23 @@ class Report(ReportPlots):
         t = Table("duet", "DUET-VLM (stages A + B) and DualSpeed at matching average visual-token reductions",
                   [("Avg reduction", "text"), ("Normal", "acc"), ("Reduced (as trained)", "acc"),
                    ("Rel. normal (%)", "rel"), ("Total (s)", "time"), ("Speedup", "speedup"),
-                   ("Visual kept in SFT (layer avg)", "text")])
+                   ("CPU total (s)", "time"), ("Speedup CPU", "speedup"), ("Visual kept in SFT (layer avg)", "text")])
         if R.has("baseline"):
-            t.add("Baseline", ["0%", R.acc("baseline", "normal"), "–", "–", R.time("baseline"), Stat([1.0]), "100%"])
+            t.add("Baseline", ["0%", R.acc("baseline", "normal"), "–", "–", R.time("baseline"), Stat([1.0]),
+                               R.time("baseline", "total", "cpu"), Stat([1.0]), "100%"])
         for red in P.duet_reductions:
             tag = fmt_num(red)
             duet_ev = duet_eval(P, red, iso=False).name
             if R.has("baseline"):
                 t.add(f"Baseline + DUET at inference only, {100 * red:.0f}%",
-                      [f"{100 * red:.0f}%", "–", R.acc("baseline", duet_ev), "–", "–", "–", "–"])
+                      [f"{100 * red:.0f}%", "–", R.acc("baseline", duet_ev)] + ["–"] * 6)
             for kind in ("duet-trained", "ds-divprune", "ds-duet"):
                 v = f"{kind}-{tag}"
                 if not R.has(v):
                     continue
                 t.add(self.lab(v), [f"{100 * red:.0f}%", R.acc(v, "normal"), R.acc(v, self.duet_as_trained(v, red)),
-                                    R.rel(v, "normal"), R.time(v), R.speedup(v), self.layer_kept(v)])
+                                    R.rel(v, "normal"), R.time(v), R.speedup(v), R.time(v, "total", "cpu"),
+                                    R.speedup(v, kind="cpu"), self.layer_kept(v)])
         a = {red: duet_stage_a_ratio(P, red) for red in P.duet_reductions}
         t.notes = self.note_common()[:1] + [
             f"Avg reduction: of the {P.duet_visual_tokens} visual tokens per image, averaged over the LLM's "
@@ -220,7 +222,8 @@ class Report(ReportPlots):
             f"(DUET A+B): A+B as the fast mode with the isolator, r = {P.slow_mode_ratio:g}. Reduced: the "
             "reduction the recipe trained with (with its isolator when it has one); the baseline's is DUET's "
             "A+B, training-free. Visual kept in SFT: the logged mean of the visual tokens the LLM saw over its "
-            "layers in reduced steps (stage B's measure when it runs; divprune: the kept fraction)."]
+            "layers in reduced steps (stage B's measure when it runs; divprune: the kept fraction). CPU: user + system "
+            "seconds of both stages' whole scripts, less sensitive than train_runtime to other jobs on the cores."]
         return t
 
     def duet_as_trained(self, v: str, red: float) -> str:
