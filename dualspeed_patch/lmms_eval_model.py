@@ -79,5 +79,6 @@ class LlavaDualSpeed(Llava):
         if spec is None:
             logger.warning("%s: full visual tokens (pruned=false)", MODEL_ID)
         else:
-            logger.warning("%s: pruned inference, %s at ratio %.2f, isolator %s", MODEL_ID, spec.method,
-                           spec.pruning_ratio, f"on ({path})" if path else "off")
+            logger.warning("%s: pruned inference, %s at ratio %.2f, isolator %s%s", MODEL_ID, spec.method,
+                           spec.pruning_ratio, f"on ({path})" if path else "off",
+                           "" if spec.stage_b is None else f", DUET stage B {spec.stage_b}")

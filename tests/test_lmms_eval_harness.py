@@ -78,9 +78,13 @@ def _known_answers(ckpt, root, questions, tag, runner=()):
         return json.load(f)
 
 
-def _runner(method, ratio, isolator):
-    flags = ["-m", "dualspeed_patch.run", "--pruned", "--vtp_method", method, "--pruning_ratio", str(ratio)]
+def _runner(method, ratio, isolator, *extra):
+    flags = ["-m", "dualspeed_patch.run", "--pruned", "--vtp_method", method, "--pruning_ratio", str(ratio), *extra]
     return flags + ([] if isolator else ["--no_isolator"])
+
+
+# DUET's stages A and B on the tiny 2-layer LLM: stage A's merge, then every visual token dropped after layer 1
+DUET_B = ("--duet_stage_b", "--duet_stage_b_layers", "1", "--duet_stage_b_ratios", "0.0")
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +98,12 @@ def harness(tiny_assets, tmp_path_factory):
             f.write(json.dumps({"question_id": i, "image": os.path.join(root, name), "question": q}) + "\n")
     known = {"full": _known_answers(ckpt, root, questions, "full"),
              "pruned": _known_answers(ckpt, root, questions, "pruned", _runner(*PRUNED, True)),
-             "no_isolator": _known_answers(ckpt, root, questions, "no_isolator", _runner(*PRUNED, False))}
+             "no_isolator": _known_answers(ckpt, root, questions, "no_isolator", _runner(*PRUNED, False)),
+             "duet_a": _known_answers(ckpt, root, questions, "duet_a", _runner("duet", 0.9, True)),
+             "duet_ab": _known_answers(ckpt, root, questions, "duet_ab", _runner("duet", 0.9, True, *DUET_B))}
     # Otherwise a plug-in that ignored its arguments would pass.
     assert known["pruned"] != known["full"] and known["no_isolator"] != known["pruned"], known
+    assert known["duet_ab"] != known["duet_a"] and known["duet_ab"] != known["pruned"], known
     targets = known["full"][:-WRONG] + [f"no answer is this {i}" for i in range(WRONG)]
     with open(os.path.join(root, "tiny_vqa.jsonl"), "w") as f:
         for i, (name, q) in enumerate(zip(names, QUESTIONS)):
@@ -162,6 +169,16 @@ def test_lmms_eval_plugin_pruned_without_isolator(lmms_python, harness):
                                              f"vtp_method={method}", f"pruning_ratio={ratio}", "isolator=false")
     log = _check(proc, score, predictions, harness["known"]["no_isolator"], harness["targets"])
     assert "isolator off" in proc.stderr, log
+
+
+def test_lmms_eval_plugin_duet_both_stages(lmms_python, harness):
+    """DUET's stage B through model_args (a list would be written 16;24: model_args are split on commas)."""
+    proc, score, predictions = run_lmms_eval(lmms_python, harness, "duet_ab", "llava_dualspeed", "vtp_method=duet",
+                                             "pruning_ratio=0.9", "duet_stage_b=true", "duet_stage_b_layers=1",
+                                             "duet_stage_b_ratios=0.0")
+    log = _check(proc, score, predictions, harness["known"]["duet_ab"], harness["targets"])
+    assert "llava_dualspeed: pruned inference, duet at ratio 0.90, isolator on" in proc.stderr, log
+    assert "DUET stage B LayerDropSpec(layers=(1,), ratios=(0.0,))" in proc.stderr, log
 
 
 def test_lmms_eval_plugin_refuses_a_typo(lmms_python, harness):
