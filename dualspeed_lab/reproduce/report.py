@@ -212,7 +212,11 @@ class Report(ReportPlots):
                                     R.rel(v, "normal"), R.time(v), R.speedup(v), R.time(v, "total", "cpu"),
                                     R.speedup(v, kind="cpu"), self.layer_kept(v)])
         a = {red: duet_stage_a_ratio(P, red) for red in P.duet_reductions}
-        t.notes = self.note_common()[:1] + [
+        seeds = max((len(R.seeds(v)) for v in R.by), default=0)
+        t.notes = [
+            f"Accuracy: exact match (%) on {len(self.questions)} test questions of the toy task (chance "
+            f"{100 * self.chance:.1f}%); mean ± sample std over {seeds} seed(s). Time: the Trainer's train_runtime "
+            "(s) of both stages; speedups are paired by seed. Rel. = % of the baseline's normal-inference accuracy.",
             f"Avg reduction: of the {P.duet_visual_tokens} visual tokens per image, averaged over the LLM's "
             f"{P.duet_llm_layers} layers (DUET's measure). DUET: stage A (--vtp_method duet) keeps "
             + ", ".join(f"{budget(P.duet_visual_tokens, a[red])} tokens at {100 * red:.0f}%" for red in a)
@@ -233,7 +237,8 @@ class Report(ReportPlots):
 
     def layer_kept(self, v: str) -> str:
         runs = [self.R.by[v][s]["stages"]["sft"] for s in self.R.seeds(v)]
-        vals = [r.get("visual_layer_avg_frac", r.get("visual_kept_frac")) for r in runs]
+        vals = [r["visual_layer_avg_frac"] if r.get("visual_layer_avg_frac") is not None else r.get("visual_kept_frac")
+                for r in runs]
         vals = [x for x in vals if x is not None]
         return f"{100 * statistics.fmean(vals):.1f}%" if vals else "–"
 
