@@ -58,15 +58,16 @@ def wrap(original, installation, owner=None):
     def forward(self, *args, **kwargs):
         plan = self.__dict__.pop(_PENDING, None)
         nxt = super(owner, self).forward
-        if plan is None:
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            if args or getattr(cache, _STAGES, None) is None:
-                return nxt(*args, **kwargs)
+        if plan is None and not args and getattr(kwargs.get("cache", kwargs.get("past_key_values")), _STAGES,
+                                                 None) is None:
+            return nxt(**kwargs)  # the common case, decided without binding the call
         call = inspect.signature(nxt).bind(*args, **kwargs).arguments
         extra = dict(call.pop("kwargs", {}))
         embeds = call.get("inputs_embeds")
         cache = call.get("cache", call.get("past_key_values"))
         stages = getattr(cache, _STAGES, None) if cache is not None else None
+        if plan is None and stages is None:  # positional arguments, nothing of stage B's
+            return nxt(*args, **kwargs)
         if plan is not None and (embeds is None or not plan.matches(embeds)):
             raise RuntimeError(
                 "DUET stage B: the decoder received other embeddings than the merge built its plan for "
