@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import layer_drop
+from . import decoder_loop_v4, layer_drop
 
 _PENDING = "_dualspeed_layer_drop_plan"   # on the decoder instance: the plan for its next forward
 _STAGES = "_dualspeed_layer_drop_stages"  # on the cache object: what decoding steps need
@@ -58,6 +58,8 @@ def wrap(original, installation, owner=None):
     def forward(self, *args, **kwargs):
         plan = self.__dict__.pop(_PENDING, None)
         nxt = super(owner, self).forward
+        if not transformers5():
+            return _forward_v4(self, nxt, plan, args, kwargs)
         if plan is None and not args and getattr(kwargs.get("cache", kwargs.get("past_key_values")), _STAGES,
                                                  None) is None:
             return nxt(**kwargs)  # the common case, decided without binding the call
@@ -68,15 +70,7 @@ def wrap(original, installation, owner=None):
         stages = getattr(cache, _STAGES, None) if cache is not None else None
         if plan is None and stages is None:  # positional arguments, nothing of stage B's
             return nxt(*args, **kwargs)
-        if plan is not None and (embeds is None or not plan.matches(embeds)):
-            raise RuntimeError(
-                "DUET stage B: the decoder received other embeddings than the merge built its plan for "
-                f"({None if embeds is None else tuple(embeds.shape)} vs {tuple(plan.embeds.shape)}); something "
-                "between prepare_inputs_labels_for_multimodal and the language model changed them, so the "
-                "visual tokens cannot be located")
-        if plan is not None and stages is not None:
-            raise RuntimeError("DUET stage B: a new reduced prefill was given a cache that already holds a "
-                               "stage-B prefill; start generation with a fresh cache")
+        _check_plan(plan, embeds, stages)
         for name in ("output_attentions", "output_hidden_states", "return_dict"):
             if name in call:
                 extra[name] = call.pop(name)
@@ -89,6 +83,55 @@ def wrap(original, installation, owner=None):
     forward.__dualspeed_layer_drop__ = True
     forward.__qualname__ = f"{owner.__name__}.forward" if owner is not None else "forward"
     return forward
+
+
+def _check_plan(plan, embeds, stages):
+    if plan is not None and (embeds is None or not plan.matches(embeds)):
+        raise RuntimeError(
+            "DUET stage B: the decoder received other embeddings than the merge built its plan for "
+            f"({None if embeds is None else tuple(embeds.shape)} vs {tuple(plan.embeds.shape)}); something "
+            "between prepare_inputs_labels_for_multimodal and the language model changed them, so the "
+            "visual tokens cannot be located")
+    if plan is not None and stages is not None:
+        raise RuntimeError("DUET stage B: a new reduced prefill was given a cache that already holds a "
+                           "stage-B prefill; start generation with a fresh cache")
+
+
+def _forward_v4(decoder, nxt, plan, args, kwargs):
+    """transformers 4.x (decoder_loop_v4.py): the same plan, with 4.x's decoder interface."""
+    if plan is None and not args and decoder_loop_v4.stages_for(decoder, kwargs.get("past_key_values")) is None:
+        return nxt(**kwargs)
+    call = inspect.signature(nxt).bind(*args, **kwargs).arguments
+    cache, embeds = call.get("past_key_values"), call.get("inputs_embeds")
+    if plan is None:
+        stages = decoder_loop_v4.stages_for(decoder, cache)
+        if stages is None:  # positional arguments, nothing of stage B's
+            return nxt(*args, **kwargs)
+        if embeds is None and call.get("input_ids") is not None:  # a decoding step
+            embeds = decoder.embed_tokens(call["input_ids"])
+    else:
+        stages = None
+        held = cache is not None and len(set(decoder_loop_v4.layer_lengths(cache))) > 1
+        _check_plan(plan, embeds, True if held else None)
+    return decoder_loop_v4.staged_forward(
+        decoder, plan, stages, call.get("attention_mask"), call.get("position_ids"), cache, embeds,
+        call.get("use_cache"), call.get("output_attentions"), call.get("output_hidden_states"),
+        call.get("return_dict"))
+
+
+_TRANSFORMERS5 = []
+
+
+def transformers5() -> bool:
+    """transformers 5 sizes masks per cache layer (create_causal_mask(..., layer_idx=)); 4.x does not."""
+    if not _TRANSFORMERS5:
+        try:
+            from transformers.masking_utils import create_causal_mask
+        except ImportError:
+            create_causal_mask = None
+        _TRANSFORMERS5.append(create_causal_mask is not None
+                              and "layer_idx" in inspect.signature(create_causal_mask).parameters)
+    return _TRANSFORMERS5[0]
 
 
 def _refuse_unsupported(model, kwargs, cache):
@@ -211,12 +254,9 @@ def check_supported(llava_model) -> None:
             f"DUET stage B cannot run on {type(decoder).__name__}: its forward is "
             f"{getattr(resolved, '__qualname__', resolved)}, not the stage-B loop installed on the LLaVA decoder "
             "mixin (the class defines its own forward, or lists LlavaMetaModel after the transformers decoder)")
-    import transformers
+    if not transformers5() and not decoder_loop_v4.supports(decoder):
+        import transformers
 
-    try:
-        from transformers.masking_utils import create_causal_mask
-    except ImportError:
-        create_causal_mask = None
-    if create_causal_mask is None or "layer_idx" not in inspect.signature(create_causal_mask).parameters:
-        raise RuntimeError(f"DUET stage B needs transformers >= 5 (masks sized per cache layer); this is "
-                           f"transformers {transformers.__version__}")
+        raise RuntimeError(f"DUET stage B needs transformers >= 5 (masks sized per cache layer), or a 4.x "
+                           f"Llama-style decoder; {type(decoder).__name__} on transformers "
+                           f"{transformers.__version__} is neither")

@@ -113,16 +113,48 @@ def main():
     print(f"PASS duet_stage_a llm_tokens={seen[0]} full={full_length} tokens={out.tolist()}")
     dualspeed_patch.configure(None)
 
-    # DUET stage B needs transformers 5's per-layer mask sizing: on upstream's 4.37 it is refused, by name,
-    # before anything runs (never a silent full-length decoder)
-    try:
-        with dualspeed_patch.pruned_inference("duet", 0.9, isolator=True, stage_b=True):
-            model.generate(ids, images=image, max_new_tokens=2, do_sample=False)
-    except RuntimeError as e:
-        assert "DUET stage B needs transformers >= 5" in str(e), e
-        print(f"PASS duet_stage_b_refused {e}")
-    else:
-        raise AssertionError("stage B ran on transformers 4.x")
+    # DUET stage B on upstream's transformers 4.37 decoder (decoder_loop_v4.py): a fast and a slow step through
+    # the trainer with stages A and B, the counts as configured; then pruned generation with the KV cache equals
+    # recomputing the whole sequence at every step under the same schedule
+    model.train()
+    model.zero_grad()
+    cfg = DualSpeedArguments(dualspeed=True, slow_mode_ratio=0.0, vtp_method="duet", duet_dominant=30,
+                             duet_contextual=3, duet_stage_b=True, duet_stage_b_layers="1", duet_stage_b_ratios="0.5")
+    lengths = []
+    hook = model.get_model().layers[1].register_forward_pre_hook(
+        lambda m, a, kw: lengths.append((a[0] if a else kw["hidden_states"]).shape[1]), with_kwargs=True)
+    dualspeed_patch.configure(cfg)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    assert model.get_model().mm_projector[0].weight.grad.abs().sum() > 0
+    assert isolator.get(model).weight.grad.abs().sum() > 0
+    assert lengths == [full_length - (576 - 33 - 4) - (33 - 16)], (lengths, full_length)
+    model.zero_grad()
+    dualspeed_patch.configure(DualSpeedArguments(**{**vars(cfg), "slow_mode_ratio": 1.0}))
+    slow = trainer.compute_loss(model, batch)
+    slow.backward()
+    hook.remove()
+    assert torch.isfinite(slow), slow
+    model.eval()
+    from dualspeed_patch.layer_drop import LayerDropSpec
+
+    spec = dict(isolator=True, dominant=30, contextual=3, stage_b=LayerDropSpec((1,), (0.5,)))
+    with dualspeed_patch.pruned_inference("duet", 0.9, **spec) as state:
+        out = model.generate(ids, images=image, max_new_tokens=4, do_sample=False, use_cache=True)
+    # upstream's generate passes embeddings: 4.37 starts the output with BOS, then the new tokens
+    assert out[0, 0].item() == tokenizer.bos_token_id, out
+    new_tokens = out[0, 1:].tolist()
+    assert state.layer_drop.counts[1].tolist() == [16], state.layer_drop.counts
+    seq, n = ids, ids.shape[1]
+    for _ in new_tokens:
+        labels = torch.full_like(seq, -100)
+        labels[:, n:] = seq[:, n:]  # generated tokens are answers: never queries
+        with torch.no_grad(), dualspeed_patch.pruned_inference("duet", 0.9, **spec):
+            logits = model(input_ids=seq, images=image, labels=labels).logits
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert seq[0, n:].tolist() == new_tokens, (seq[0, n:].tolist(), new_tokens)
+    print(f"PASS duet_stage_b llm_tokens={lengths} slow_loss={slow.item():.4f} tokens={new_tokens}")
+    dualspeed_patch.configure(None)
 
     # our training entry on upstream's train(): pretrain with DualSpeed writes mode_isolator.bin
     dualspeed_patch.configure(None)
