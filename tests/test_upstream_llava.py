@@ -70,7 +70,7 @@ def test_tiny_upstream_llava(upstream_env):
 
 
 def test_dualspeed_patch_on_upstream_llava(upstream_env):
-    """Fast and slow DualSpeed steps, a training run, pruned generation, DUET stage A and our training entry, all
+    """Fast and slow DualSpeed steps, a training run, pruned generation, DUET stages A and B and our training entry, all
     through upstream's own classes with the patch applied (tests/upstream/dualspeed_upstream.py)."""
     proc = helpers.run_upstream(os.path.join(TESTS_DIR, "upstream", "dualspeed_upstream.py"), check=True)
     passed = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PASS ")}
